@@ -1,0 +1,118 @@
+"""The paper's affine distortions, done in the TensorFlow graph.
+
+Koch et al. (2015, sec. 3.4) distort each image of a training pair with a
+random affine transform T = (theta, rho_x, rho_y, s_x, s_y, t_x, t_y): rotation
+within +-10 degrees, shear within +-0.3, scale within 0.8-1.2 and translation
+within +-2 pixels, each of the four components included with probability 0.5.
+The components are composed into one matrix per image and applied in a single
+resampling with ``keras.ops.image.affine_transform``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class Distortion:
+    """Ranges of the random affine distortion, in the paper's units.
+
+    Translations are given in pixels of a ``reference_size`` image (Omniglot's
+    105x105) and are scaled to the size of the images being distorted.
+    """
+
+    rotation_deg: float = 10.0
+    shear: float = 0.3
+    scale_min: float = 0.8
+    scale_max: float = 1.2
+    translation_px: float = 2.0
+    probability: float = 0.5
+    reference_size: int = 105
+
+
+def _uniform(shape, seed, low, high):
+    return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+
+
+def random_affine_parameters(
+    batch_size: int, seed: tf.Tensor, distortion: Distortion, image_size: int
+) -> dict[str, tf.Tensor]:
+    """Draws the paper's transform parameters for ``batch_size`` images.
+
+    Returns a dict of float32 ``(batch_size,)`` tensors: ``theta`` (radians),
+    ``shear_x``, ``shear_y``, ``scale_x``, ``scale_y``, ``tx``, ``ty`` (pixels
+    of an ``image_size`` image). A component that is not drawn (probability
+    ``1 - distortion.probability``) holds its identity value.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    shape = (batch_size,)
+    keep = [
+        _uniform(shape, seeds[i], 0.0, 1.0) < distortion.probability for i in range(4)
+    ]
+    uses_rotation, uses_shear, uses_scale, uses_translation = keep
+    max_theta = math.radians(distortion.rotation_deg)
+    max_t = distortion.translation_px * image_size / distortion.reference_size
+
+    def pick(use, values, identity):
+        return tf.where(use, values, tf.fill(shape, identity))
+
+    shear = _uniform((2, batch_size), seeds[5], -distortion.shear, distortion.shear)
+    scale = _uniform((2, batch_size), seeds[6], distortion.scale_min, distortion.scale_max)
+    shift = _uniform((2, batch_size), seeds[7], -max_t, max_t)
+    return {
+        "theta": pick(uses_rotation, _uniform(shape, seeds[4], -max_theta, max_theta), 0.0),
+        "shear_x": pick(uses_shear, shear[0], 0.0),
+        "shear_y": pick(uses_shear, shear[1], 0.0),
+        "scale_x": pick(uses_scale, scale[0], 1.0),
+        "scale_y": pick(uses_scale, scale[1], 1.0),
+        "tx": pick(uses_translation, shift[0], 0.0),
+        "ty": pick(uses_translation, shift[1], 0.0),
+    }
+
+
+def affine_transforms(params: dict[str, tf.Tensor], image_size: int) -> tf.Tensor:
+    """Turns transform parameters into ``affine_transform``'s ``(N, 8)`` rows.
+
+    The forward map sends an input pixel ``p`` to ``A (p - c) + c + t`` with
+    ``A = rotation @ shear @ scale`` about the image centre ``c``.
+    ``affine_transform`` wants the inverse (output pixel -> input pixel), so
+    the rows hold ``A^-1`` and ``c - A^-1 (c + t)``.
+    """
+    cos, sin = tf.cos(params["theta"]), tf.sin(params["theta"])
+    # A = R @ Sh @ S with R = [[cos, -sin], [sin, cos]],
+    # Sh = [[1, shear_x], [shear_y, 1]], S = diag(scale_x, scale_y).
+    sx, sy = params["scale_x"], params["scale_y"]
+    hx, hy = params["shear_x"], params["shear_y"]
+    a = (cos - sin * hy) * sx
+    b = (cos * hx - sin) * sy
+    c = (sin + cos * hy) * sx
+    d = (sin * hx + cos) * sy
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    centre = (image_size - 1) / 2.0
+    qx, qy = centre + params["tx"], centre + params["ty"]
+    ox = centre - (ia * qx + ib * qy)
+    oy = centre - (ic * qx + id_ * qy)
+    zeros = tf.zeros_like(a)
+    return tf.stack([ia, ib, ox, ic, id_, oy, zeros, zeros], axis=1)
+
+
+def distort(images: tf.Tensor, seed: tf.Tensor, distortion: Distortion) -> tf.Tensor:
+    """Applies an independent random paper distortion to each image.
+
+    Args:
+        images: float ``(N, S, S, C)`` model inputs (paper = 0, so the area
+            uncovered by the transform is filled with blank paper).
+        seed: int ``(2,)`` stateless seed; the same seed gives the same output.
+        distortion: the ranges to draw from.
+    """
+    image_size = images.shape[1]
+    params = random_affine_parameters(tf.shape(images)[0], seed, distortion, image_size)
+    transforms = affine_transforms(params, image_size)
+    return keras.ops.image.affine_transform(
+        images, transforms, interpolation="bilinear", fill_mode="constant", fill_value=0.0
+    )

@@ -1,0 +1,157 @@
+"""Training configuration and its named presets.
+
+A run is fully described by a :class:`TrainConfig`, written as JSON into the
+run folder, so every run can be repeated from its ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from keras_siamese.model import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Attributes:
+        preset: name of the preset this configuration started from.
+        seed: seeds weights, pair sampling, distortions and task sampling.
+        model: the network's architecture.
+        batch_size: pairs per step (the paper: 128).
+        steps_per_epoch: training batches per epoch.
+        epochs: at most this many epochs (the paper: 200).
+        patience: early stopping after this many epochs without a better
+            one-shot validation accuracy (the paper: 20).
+        optimizer: "sgd" (the paper's layer-wise SGD with momentum) or "adam".
+        learning_rate: base learning rate.
+        lr_decay: learning rate multiplier per epoch (the paper: 0.99).
+        layer_lr_multipliers: per-layer factors on the learning rate, in
+            ``model.layer_names`` order (SGD only).
+        final_momenta: per-layer momentum reached after
+            ``momentum_ramp_epochs``, rising linearly from 0.5 (SGD only).
+        momentum_ramp_epochs: epochs over which momentum rises.
+        within_alphabet: probability that a different pair takes its second
+            character from the first one's alphabet.
+        distort: apply the paper's affine distortions to training pairs.
+        val_tasks: one-shot validation tasks each epoch (the paper: 320).
+        way: candidates per one-shot task.
+        val_pair_steps: batches of fixed validation pairs for ``val_loss``.
+        max_minutes: stop training (keeping the best model) after this long.
+    """
+
+    preset: str = "cpu"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    batch_size: int = 128
+    steps_per_epoch: int = 100
+    epochs: int = 200
+    patience: int = 20
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    lr_decay: float = 0.99
+    layer_lr_multipliers: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    final_momenta: tuple[float, ...] = (0.9, 0.9, 0.9, 0.9, 0.9, 0.9)
+    momentum_ramp_epochs: int = 20
+    within_alphabet: float = 0.0
+    distort: bool = True
+    val_tasks: int = 320
+    way: int = 20
+    val_pair_steps: int = 4
+    max_minutes: float | None = None
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes``; keys of :class:`ModelConfig` go to ``model``."""
+        model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        model_changes = {k: changes.pop(k) for k in list(changes) if k in model_fields}
+        model = dataclasses.replace(self.model, **model_changes)
+        return dataclasses.replace(self, model=model, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        raw = json.loads(text)
+        model = ModelConfig(**{k: _tuple(v) for k, v in raw.pop("model").items()})
+        return cls(model=model, **{k: _tuple(v) for k, v in raw.items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_json(Path(path).read_text())
+
+
+def _tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # The paper's protocol at full size: meant for a GPU (about 28 training
+    # pairs/s on a 2-core CPU in float32). 150,000 pairs per epoch as in the
+    # paper's largest setting before distortion.
+    "koch2015": TrainConfig(
+        preset="koch2015",
+        model=ModelConfig(),
+        steps_per_epoch=1172,
+        epochs=200,
+        patience=20,
+        optimizer="sgd",
+        learning_rate=0.01,
+        momentum_ramp_epochs=20,
+        val_pair_steps=8,
+    ),
+    # The default: the same architecture at 52x52 with 'same' padding, sized
+    # to train in under 20 minutes on 2 CPU cores. float32: bfloat16 is only
+    # faster on CPUs with AMX or AVX-512 BF16 (--mixed-precision there).
+    "cpu": TrainConfig(
+        preset="cpu",
+        model=ModelConfig(
+            image_size=52,
+            padding="same",
+            paper_init=False,
+            batch_norm=True,
+            l2=(0.0,) * 6,
+        ),
+        steps_per_epoch=100,
+        epochs=12,
+        patience=20,
+        optimizer="adam",
+        learning_rate=1e-3,
+        lr_decay=0.9,
+        within_alphabet=0.5,
+        val_tasks=320,
+        max_minutes=16.0,
+    ),
+    # A few steps of a small network: for tests and trying the pipeline out.
+    "smoke": TrainConfig(
+        preset="smoke",
+        model=ModelConfig(
+            image_size=28,
+            filters=(8, 16, 16, 32),
+            kernel_sizes=(5, 3, 3, 3),
+            dense_units=64,
+            padding="same",
+        ),
+        batch_size=32,
+        steps_per_epoch=5,
+        epochs=2,
+        optimizer="sgd",
+        learning_rate=0.05,
+        momentum_ramp_epochs=2,
+        val_tasks=20,
+        val_pair_steps=1,
+    ),
+}
+DEFAULT_PRESET = "cpu"
+
+
+def preset(name: str) -> TrainConfig:
+    """The named preset (``koch2015``, ``cpu`` or ``smoke``)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None

@@ -1,0 +1,227 @@
+"""The Siamese network of Koch et al. (2015).
+
+One ``keras.Sequential`` twin CNN embeds both images of a pair; a
+:class:`WeightedL1` layer compares the two embeddings and gives the paper's
+prediction ``p = sigmoid(sum_j alpha_j |h1_j - h2_j| + b)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the twin CNN; the defaults are the paper's.
+
+    Attributes:
+        image_size: side of the square grey-scale input.
+        filters: output channels of the four convolutions.
+        kernel_sizes: kernel sides of the four convolutions.
+        dense_units: size of the embedding (the sigmoid dense layer).
+        padding: "valid" as in the paper (needs ``image_size >= 65``), or
+            "same" for smaller inputs.
+        l2: per-layer L2 factors for conv1-4, the dense layer and the head.
+        paper_init: the paper's initialisers (N(0, 1e-2) conv weights,
+            N(0.5, 1e-2) biases, N(0, 2e-1) dense weights) rather than Keras's.
+        batch_norm: batch normalisation after each convolution (an addition
+            to the paper, for short CPU training).
+        mixed_precision: compute in bfloat16 with float32 weights; the head
+            and its output stay float32.
+    """
+
+    image_size: int = 105
+    filters: tuple[int, ...] = (64, 128, 128, 256)
+    kernel_sizes: tuple[int, ...] = (10, 7, 4, 4)
+    dense_units: int = 4096
+    padding: str = "valid"
+    l2: tuple[float, ...] = (2e-4, 2e-4, 2e-4, 2e-4, 2e-4, 0.0)
+    paper_init: bool = True
+    batch_norm: bool = False
+    mixed_precision: bool = False
+
+    def __post_init__(self):
+        if len(self.filters) != len(self.kernel_sizes):
+            raise ValueError("filters and kernel_sizes must have the same length")
+        if len(self.l2) != len(self.filters) + 2:
+            raise ValueError(
+                f"l2 needs {len(self.filters) + 2} factors (each conv, dense, head), "
+                f"got {len(self.l2)}"
+            )
+
+
+def layer_names(config: ModelConfig) -> list[str]:
+    """Names of the weighted layers, in order: ``conv1``.., ``dense``, ``weighted_l1``.
+
+    The per-layer optimiser settings and L2 factors are keyed by them.
+    """
+    return [f"conv{i + 1}" for i in range(len(config.filters))] + ["dense", "weighted_l1"]
+
+
+def _initialisers(config: ModelConfig):
+    if config.paper_init:
+        conv = keras.initializers.RandomNormal(0.0, 1e-2)
+        dense = keras.initializers.RandomNormal(0.0, 2e-1)
+        bias = keras.initializers.RandomNormal(0.5, 1e-2)
+        return conv, dense, bias
+    return "glorot_uniform", "glorot_uniform", "zeros"
+
+
+@keras.saving.register_keras_serializable(package="keras_siamese")
+class WeightedL1(keras.layers.Layer):
+    """The paper's head: a trainable weighted L1 distance and a sigmoid.
+
+    Given two embeddings ``h1, h2`` of size ``d`` it returns
+    ``activation(sum_j alpha_j |h1_j - h2_j| + bias)`` with shape ``(N, 1)``:
+    the ``d + 1`` weights of a ``Dense(1, sigmoid)`` over ``|h1 - h2|``.
+    The distance is symmetric, so ``p(a, b) == p(b, a)`` exactly.
+
+    It runs in float32 under mixed precision so that the probability (and the
+    loss computed from it) keeps full precision.
+    """
+
+    def __init__(
+        self,
+        activation: str | None = "sigmoid",
+        alpha_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        alpha_regularizer=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.activation = keras.activations.get(activation)
+        self.alpha_initializer = keras.initializers.get(alpha_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.alpha_regularizer = keras.regularizers.get(alpha_regularizer)
+
+    def build(self, input_shape):
+        left_shape, right_shape = input_shape
+        if tuple(left_shape[1:]) != tuple(right_shape[1:]):
+            raise ValueError(f"embeddings differ in shape: {left_shape} vs {right_shape}")
+        self.alpha = self.add_weight(
+            name="alpha",
+            shape=(left_shape[-1], 1),
+            initializer=self.alpha_initializer,
+            regularizer=self.alpha_regularizer,
+        )
+        self.bias = self.add_weight(name="bias", shape=(1,), initializer=self.bias_initializer)
+
+    def distance_logits(self, left, right):
+        """The pre-activation ``sum_j alpha_j |left_j - right_j| + bias``.
+
+        Broadcasts over leading dimensions, so a ``(Q, 1, d)`` query batch
+        against ``(1, K, d)`` candidates gives ``(Q, K, 1)`` logits.
+        """
+        return ops.matmul(ops.abs(left - right), self.alpha) + self.bias
+
+    def call(self, inputs):
+        left, right = inputs
+        return self.activation(self.distance_logits(left, right))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0][:-1]) + (1,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            activation=keras.activations.serialize(self.activation),
+            alpha_initializer=keras.initializers.serialize(self.alpha_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            alpha_regularizer=keras.regularizers.serialize(self.alpha_regularizer),
+        )
+        return config
+
+
+def build_twin(config: ModelConfig = ModelConfig()) -> keras.Sequential:
+    """The twin CNN: conv-relu-maxpool blocks, flatten, dense sigmoid.
+
+    Paper (Fig. 4): 64@10x10, 128@7x7, 128@4x4 each followed by 2x2 max-pool,
+    then 256@4x4, flatten and a 4096-unit sigmoid layer.
+    """
+    dtype = "mixed_bfloat16" if config.mixed_precision else "float32"
+    conv_init, dense_init, bias_init = _initialisers(config)
+    layers: list[keras.layers.Layer] = [
+        keras.Input((config.image_size, config.image_size, 1), name="image")
+    ]
+    last = len(config.filters) - 1
+    for i, (filters, kernel) in enumerate(zip(config.filters, config.kernel_sizes)):
+        layers.append(
+            keras.layers.Conv2D(
+                filters,
+                kernel,
+                padding=config.padding,
+                activation=None if config.batch_norm else "relu",
+                kernel_initializer=conv_init,
+                bias_initializer=bias_init,
+                kernel_regularizer=keras.regularizers.L2(config.l2[i]) if config.l2[i] else None,
+                use_bias=not config.batch_norm,
+                dtype=dtype,
+                name=f"conv{i + 1}",
+            )
+        )
+        if config.batch_norm:
+            layers.append(keras.layers.BatchNormalization(dtype=dtype, name=f"bn{i + 1}"))
+            layers.append(keras.layers.Activation("relu", dtype=dtype, name=f"relu{i + 1}"))
+        if i != last:
+            layers.append(keras.layers.MaxPooling2D(2, dtype=dtype, name=f"pool{i + 1}"))
+    dense_l2 = config.l2[len(config.filters)]
+    layers += [
+        keras.layers.Flatten(dtype=dtype, name="flatten"),
+        keras.layers.Dense(
+            config.dense_units,
+            activation="sigmoid",
+            kernel_initializer=dense_init,
+            bias_initializer=bias_init,
+            kernel_regularizer=keras.regularizers.L2(dense_l2) if dense_l2 else None,
+            dtype=dtype,
+            name="dense",
+        ),
+    ]
+    return keras.Sequential(layers, name="twin")
+
+
+def build_siamese(config: ModelConfig = ModelConfig()) -> keras.Model:
+    """The Siamese network: one shared twin applied to ``left`` and ``right``.
+
+    Returns a functional model taking ``{"left": x1, "right": x2}`` (each
+    ``(N, S, S, 1)`` float32, ink = 1) and returning the float32 probability
+    ``(N, 1)`` that both images show the same character.
+    """
+    size = config.image_size
+    if config.padding == "valid":
+        # Each valid conv shrinks by k - 1 and each pool halves; the last conv
+        # must still see at least one pixel.
+        side = size
+        for i, k in enumerate(config.kernel_sizes):
+            side -= k - 1
+            if i != len(config.kernel_sizes) - 1:
+                side //= 2
+        if side < 1:
+            raise ValueError(f"image_size {size} is too small for 'valid' padding")
+    twin = build_twin(config)
+    left = keras.Input((size, size, 1), name="left")
+    right = keras.Input((size, size, 1), name="right")
+    head_l2 = config.l2[-1]
+    _, dense_init, bias_init = _initialisers(config)
+    head = WeightedL1(
+        alpha_initializer=dense_init,
+        bias_initializer=bias_init,
+        alpha_regularizer=keras.regularizers.L2(head_l2) if head_l2 else None,
+        name="weighted_l1",
+    )
+    probability = head([twin(left), twin(right)])
+    return keras.Model({"left": left, "right": right}, probability, name="siamese")
+
+
+def twin_of(model: keras.Model) -> keras.Sequential:
+    """The shared twin CNN inside a Siamese model."""
+    return model.get_layer("twin")
+
+
+def head_of(model: keras.Model) -> WeightedL1:
+    """The weighted-L1 head inside a Siamese model."""
+    return model.get_layer("weighted_l1")

@@ -1,0 +1,149 @@
+"""Same/different training pairs as a ``tf.data`` pipeline.
+
+Pairs are drawn on the fly, a fresh set each epoch, from images decoded and
+preprocessed once and held in memory. All randomness is stateless and derived
+from one seed, so a pipeline built twice with the same seed yields the same
+pairs, epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from keras_siamese.augmentation import Distortion, distort
+from keras_siamese.data import OmniglotImages
+from keras_siamese.preprocessing import to_model_input
+
+
+@dataclasses.dataclass(frozen=True)
+class PairIndex:
+    """Where each character's images sit in an image array sorted by class.
+
+    Images of class ``c`` are ``offset[c] : offset[c] + size[c]``; classes of
+    one alphabet are contiguous, ``alphabet_start[c] : + alphabet_size[c]``.
+    """
+
+    order: np.ndarray  # permutation that sorts the split by (alphabet, character)
+    offset: np.ndarray
+    size: np.ndarray
+    alphabet_start: np.ndarray
+    alphabet_size: np.ndarray
+
+    @classmethod
+    def from_split(cls, split: OmniglotImages) -> "PairIndex":
+        order = np.lexsort((split.drawer, split.character, split.alphabet))
+        character = split.character[order]
+        alphabet = split.alphabet[order]
+        starts = np.flatnonzero(np.r_[True, character[1:] != character[:-1]])
+        sizes = np.diff(np.r_[starts, len(order)])
+        if sizes.min() < 2:
+            raise ValueError("every character needs at least two images to form a same pair")
+        class_alphabet = alphabet[starts]
+        alpha_first = np.flatnonzero(np.r_[True, class_alphabet[1:] != class_alphabet[:-1]])
+        alpha_sizes = np.diff(np.r_[alpha_first, len(starts)])
+        alpha_of_class = np.repeat(np.arange(len(alpha_first)), alpha_sizes)
+        return cls(
+            order=order,
+            offset=starts.astype(np.int32),
+            size=sizes.astype(np.int32),
+            alphabet_start=alpha_first[alpha_of_class].astype(np.int32),
+            alphabet_size=alpha_sizes[alpha_of_class].astype(np.int32),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.offset)
+
+
+def _randint(seed, maxval):
+    """One uniform integer in ``[0, maxval)`` per element of ``maxval``."""
+    u = tf.random.stateless_uniform(tf.shape(maxval), seed)
+    return tf.minimum(tf.cast(u * tf.cast(maxval, tf.float32), tf.int32), maxval - 1)
+
+
+def sample_pair_indices(
+    index: PairIndex, batch_size: int, seed: tf.Tensor, within_alphabet: float = 0.0
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Draws a balanced batch of pairs as image indices.
+
+    The first half of the batch are same pairs (one character, two different
+    drawers), the second half different pairs. A different pair takes its
+    second character from the first one's alphabet with probability
+    ``within_alphabet`` (the one-shot tasks are within-alphabet), otherwise
+    from any other character.
+
+    Returns:
+        ``(left, right, label)``: int32 indices into the class-sorted images
+        and float32 labels (1 = same), each ``(batch_size,)``.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, num=7)
+    offset, size = tf.constant(index.offset), tf.constant(index.size)
+    n_same = batch_size // 2
+    label = tf.cast(tf.range(batch_size) < n_same, tf.float32)
+    num_classes = index.num_classes
+    c1 = tf.random.stateless_uniform((batch_size,), seeds[0], 0, num_classes, tf.int32)
+
+    # Different pairs: step 1..n-1 away within the alphabet or the whole set,
+    # so the second character never equals the first.
+    a_start = tf.gather(index.alphabet_start, c1)
+    a_size = tf.gather(index.alphabet_size, c1)
+    within = tf.random.stateless_uniform((batch_size,), seeds[1]) < within_alphabet
+    within = tf.logical_and(within, a_size > 1)
+    c_within = a_start + (c1 - a_start + 1 + _randint(seeds[2], tf.maximum(a_size - 1, 1))) % a_size
+    c_any = (c1 + 1 + _randint(seeds[3], tf.fill((batch_size,), num_classes - 1))) % num_classes
+    c2 = tf.where(label > 0, c1, tf.where(within, c_within, c_any))
+
+    size1, size2 = tf.gather(size, c1), tf.gather(size, c2)
+    d1 = _randint(seeds[4], size1)
+    # Same pairs take a different drawer: d1 + 1..n-1 (mod n).
+    step = _randint(seeds[5], tf.maximum(size1 - 1, 1))
+    d2_same = (d1 + 1 + step) % size1
+    d2_diff = _randint(seeds[6], size2)
+    d2 = tf.where(label > 0, d2_same, d2_diff)
+    left = tf.gather(offset, c1) + d1
+    right = tf.gather(offset, c2) + d2
+    return left, right, label
+
+
+def pair_dataset(
+    split: OmniglotImages,
+    *,
+    image_size: int,
+    batch_size: int,
+    steps: int,
+    seed: int,
+    distortion: Distortion | None = Distortion(),
+    within_alphabet: float = 0.0,
+) -> tf.data.Dataset:
+    """Balanced same/different pairs, ``steps`` batches per epoch.
+
+    Each epoch draws new pairs and new distortions (``rerandomize_each_iteration``),
+    reproducibly from ``seed``. Elements are ``({"left": x1, "right": x2}, y)``
+    with ``x`` float32 ``(batch_size, image_size, image_size, 1)`` and ``y``
+    float32 ``(batch_size, 1)``.
+    """
+    index = PairIndex.from_split(split)
+    images = to_model_input(split.images[index.order], image_size)
+
+    def make_batch(batch_seed):
+        pair_seed, left_seed, right_seed = tf.unstack(
+            tf.random.experimental.stateless_split(batch_seed, num=3)
+        )
+        left, right, label = sample_pair_indices(index, batch_size, pair_seed, within_alphabet)
+        x1, x2 = tf.gather(images, left), tf.gather(images, right)
+        if distortion is not None:
+            # Each image of a pair gets its own transform (paper, sec. 3.4).
+            x1 = distort(x1, left_seed, distortion)
+            x2 = distort(x2, right_seed, distortion)
+        return {"left": x1, "right": x2}, label[:, None]
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return (
+        seeds.batch(2, drop_remainder=True)
+        .take(steps)
+        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )

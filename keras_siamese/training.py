@@ -1,0 +1,188 @@
+"""Training with ``model.fit``: the paper's optimiser, callbacks and run folder.
+
+A run folder holds everything a run produced::
+
+    config.json          the resolved TrainConfig
+    log.csv              per-epoch metrics (appended across resumes)
+    tensorboard/         TensorBoard logs
+    backup/              BackupAndRestore state while training (a killed run resumes)
+    best.keras           the model with the best one-shot validation accuracy
+    learning_curves.png  loss and one-shot accuracy per epoch
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from keras_siamese.augmentation import Distortion
+from keras_siamese.config import TrainConfig
+from keras_siamese.data import OmniglotImages
+from keras_siamese.evaluation import SiameseScorer, accuracy, within_alphabet_tasks
+from keras_siamese.model import build_siamese, layer_names
+from keras_siamese.optimizers import LayerwiseSGD
+from keras_siamese.pairs import pair_dataset
+
+VAL_METRIC = "val_one_shot_accuracy"
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """The optimiser of ``config``, its learning rate decaying once per epoch."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        config.learning_rate,
+        decay_steps=config.steps_per_epoch,
+        decay_rate=config.lr_decay,
+        staircase=True,
+    )
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(schedule)
+    if config.optimizer != "sgd":
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
+    names = layer_names(config.model)
+    return LayerwiseSGD(
+        schedule,
+        layer_multipliers=dict(zip(names, config.layer_lr_multipliers)),
+        layer_momenta=dict(zip(names, config.final_momenta)),
+        momentum_ramp_steps=config.momentum_ramp_epochs * config.steps_per_epoch,
+    )
+
+
+class OneShotValidation(keras.callbacks.Callback):
+    """Adds the N-way one-shot accuracy on fixed tasks to each epoch's logs.
+
+    It must come before the callbacks that read the metric (early stopping,
+    checkpointing, CSV logging).
+    """
+
+    def __init__(self, tasks, metric: str = VAL_METRIC):
+        super().__init__()
+        self.tasks = tasks
+        self.metric = metric
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[self.metric] = accuracy(SiameseScorer(self.model)(self.tasks), self.tasks)
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stops training at the end of the first epoch past ``minutes``."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = minutes * 60.0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.monotonic() - self.start > self.seconds:
+            print(f"\nTime limit of {self.seconds / 60:.1f} min reached after epoch {epoch + 1}.")
+            self.model.stop_training = True
+
+
+def _best_so_far(log_path: Path) -> float | None:
+    """Best validation accuracy recorded in an earlier part of a resumed run."""
+    if not log_path.exists():
+        return None
+    with log_path.open() as f:
+        values = [float(row[VAL_METRIC]) for row in csv.DictReader(f) if row.get(VAL_METRIC)]
+    return max(values) if values else None
+
+
+def train(
+    config: TrainConfig,
+    splits: dict[str, OmniglotImages],
+    run_dir: str | Path,
+    verbose: int | str = "auto",
+) -> tuple[keras.Model, dict[str, list[Any]]]:
+    """Trains a Siamese network with ``model.fit`` and returns the best model.
+
+    Args:
+        config: the run's configuration.
+        splits: ``"train"`` and ``"validation"`` images (see ``data.paper_split``).
+        run_dir: the run folder; if it holds a backup of a killed run with the
+            same configuration, training resumes from its last epoch.
+        verbose: ``model.fit``'s verbosity (progress bars by default).
+
+    Returns:
+        The model with the best one-shot validation accuracy, and the
+        per-epoch history (from ``log.csv``, so it spans resumes).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    if config_path.exists() and TrainConfig.load(config_path) != config:
+        raise ValueError(f"{run_dir} holds a run with a different configuration ({config_path})")
+    config_path.write_text(config.to_json())
+
+    keras.utils.set_random_seed(config.seed)
+    size = config.model.image_size
+    train_ds = pair_dataset(
+        splits["train"],
+        image_size=size,
+        batch_size=config.batch_size,
+        steps=config.steps_per_epoch,
+        seed=config.seed,
+        distortion=Distortion() if config.distort else None,
+        within_alphabet=config.within_alphabet,
+    )
+    # Fixed validation pairs: drawn once and cached, so val_loss is comparable.
+    val_ds = pair_dataset(
+        splits["validation"],
+        image_size=size,
+        batch_size=config.batch_size,
+        steps=config.val_pair_steps,
+        seed=config.seed + 1,
+        distortion=None,
+    ).cache()
+    val_tasks = within_alphabet_tasks(
+        splits["validation"], config.val_tasks, way=config.way, seed=config.seed + 2
+    )
+
+    model = build_siamese(config.model)
+    model.compile(
+        optimizer=make_optimizer(config),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
+    best_path = run_dir / "best.keras"
+    log_path = run_dir / "log.csv"
+    callbacks: list[keras.callbacks.Callback] = [
+        OneShotValidation(val_tasks),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.ModelCheckpoint(
+            best_path,
+            monitor=VAL_METRIC,
+            mode="max",
+            save_best_only=True,
+            initial_value_threshold=_best_so_far(log_path),
+        ),
+        keras.callbacks.EarlyStopping(monitor=VAL_METRIC, mode="max", patience=config.patience),
+        keras.callbacks.BackupAndRestore(run_dir / "backup"),
+        keras.callbacks.CSVLogger(log_path, append=True),
+        keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False),
+    ]
+    if config.max_minutes:
+        callbacks.append(TimeLimit(config.max_minutes))
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # pairs are drawn at random already
+        verbose=verbose,
+    )
+    if best_path.exists():
+        model = keras.models.load_model(best_path)
+    return model, read_history(log_path)
+
+
+def read_history(log_path: str | Path) -> dict[str, list[float]]:
+    """Per-epoch metrics from a run's ``log.csv``, as lists keyed by column."""
+    with Path(log_path).open() as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}

@@ -101,9 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.monotonic()
     print(f"keras-siamese: preset {config.preset!r}, run folder {run_dir}")
-    omniglot = data.load_omniglot(args.data_dir, args.tfds_dir)
+    try:
+        omniglot = data.load_omniglot(args.data_dir, args.tfds_dir)
+        runs = data.load_lake_runs(args.data_dir)
+    except data.OmniglotDataError as error:
+        raise SystemExit(f"error: {error}") from None
     splits = data.paper_split(omniglot)
-    runs = data.load_lake_runs(args.data_dir)
     print(", ".join(f"{name}: {len(split):,} images" for name, split in splits.items()))
 
     train_started = time.monotonic()

@@ -130,7 +130,8 @@ PRESETS: dict[str, TrainConfig] = {
         val_tasks=320,
         max_minutes=15.0,
     ),
-    # A few steps of a small network: for tests and trying the pipeline out.
+    # A few steps of a small network with the cpu preset's recipe: for tests
+    # and for trying the pipeline out.
     "smoke": TrainConfig(
         preset="smoke",
         model=ModelConfig(
@@ -139,13 +140,16 @@ PRESETS: dict[str, TrainConfig] = {
             kernel_sizes=(5, 3, 3, 3),
             dense_units=64,
             padding="same",
+            paper_init=False,
+            batch_norm=True,
+            l2=(0.0,) * 6,
         ),
         batch_size=32,
-        steps_per_epoch=5,
+        steps_per_epoch=20,
         epochs=2,
-        optimizer="sgd",
-        learning_rate=0.05,
-        momentum_ramp_epochs=2,
+        optimizer="adam",
+        learning_rate=3e-3,
+        within_alphabet=0.5,
         val_tasks=20,
         val_pair_steps=1,
     ),

@@ -1,8 +1,9 @@
 """N-way one-shot evaluation and verification accuracy.
 
 A one-shot task shows a query image and ``way`` candidate images, one of them
-of the query's character; a scorer rates every (query, candidate) pair and the
-highest score is the pick. The same code scores Lake et al.'s 20 official runs,
+of the query's character; a scorer (a callable from :class:`OneShotTasks` to
+``(T, way)`` scores, higher meaning "same character") rates every (query,
+candidate) pair and the highest score is the pick. The same code scores Lake et al.'s 20 official runs,
 Koch et al.'s within-alphabet tasks, the Siamese network and a pixel-space
 nearest-neighbour baseline.
 """
@@ -10,7 +11,6 @@ nearest-neighbour baseline.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import keras
 import numpy as np
@@ -46,10 +46,6 @@ class OneShotTasks:
     @property
     def way(self) -> int:
         return self.candidates.shape[1]
-
-
-#: A scorer maps tasks to ``(T, way)`` scores, higher meaning "same character".
-Scorer = Callable[[OneShotTasks], np.ndarray]
 
 
 def lake_tasks(runs: LakeRuns) -> OneShotTasks:

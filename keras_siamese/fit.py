@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     config, run_dir = resolve_config(args)
 
-    # Heavy imports after argument parsing, so --help is instant.
+    # Imported here: they load TensorFlow Datasets, which --help does not need.
     from keras_siamese import data, evaluation, export, plots, training
 
     started = time.monotonic()

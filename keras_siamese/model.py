@@ -62,6 +62,12 @@ def layer_names(config: ModelConfig) -> list[str]:
 
 
 def _initialisers(config: ModelConfig):
+    """Fresh (conv, dense, bias) initialisers for one layer.
+
+    Called once per layer: a Keras initialiser instance returns the same
+    values each time it is called, so sharing one would start every layer
+    from the same random numbers.
+    """
     if config.paper_init:
         conv = keras.initializers.RandomNormal(0.0, 1e-2)
         dense = keras.initializers.RandomNormal(0.0, 2e-1)
@@ -143,12 +149,12 @@ def build_twin(config: ModelConfig = ModelConfig()) -> keras.Sequential:
     then 256@4x4, flatten and a 4096-unit sigmoid layer.
     """
     dtype = "mixed_bfloat16" if config.mixed_precision else "float32"
-    conv_init, dense_init, bias_init = _initialisers(config)
     layers: list[keras.layers.Layer] = [
         keras.Input((config.image_size, config.image_size, 1), name="image")
     ]
     last = len(config.filters) - 1
     for i, (filters, kernel) in enumerate(zip(config.filters, config.kernel_sizes)):
+        conv_init, _, bias_init = _initialisers(config)
         layers.append(
             keras.layers.Conv2D(
                 filters,
@@ -169,6 +175,7 @@ def build_twin(config: ModelConfig = ModelConfig()) -> keras.Sequential:
         if i != last:
             layers.append(keras.layers.MaxPooling2D(2, dtype=dtype, name=f"pool{i + 1}"))
     dense_l2 = config.l2[len(config.filters)]
+    _, dense_init, bias_init = _initialisers(config)
     layers += [
         keras.layers.Flatten(dtype=dtype, name="flatten"),
         keras.layers.Dense(

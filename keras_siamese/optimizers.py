@@ -56,6 +56,8 @@ class LayerwiseSGD(keras.optimizers.SGD):
         if self.built:
             return
         super().build(variables)
+        if not self.momentums:  # SGD skips its slots when its momentum is 0
+            self.momentums = self.add_optimizer_variables(variables, "momentum")
         layers = [self._layer_of(v) for v in variables]
         self._lr_factors = [self.layer_multipliers.get(l, 1.0) for l in layers]
         self._final_momenta = [self.layer_momenta.get(l, self.initial_momentum) for l in layers]

@@ -47,3 +47,77 @@ def omniglot(omniglot_dir: pathlib.Path, tfds_dir: pathlib.Path) -> dict[str, da
 def lake_runs(omniglot_dir: pathlib.Path) -> data.LakeRuns:
     """Lake et al.'s 20 one-shot runs."""
     return data.load_lake_runs(omniglot_dir)
+
+
+# --- Shared by the model, training, evaluation, export and fit tests ----------------------
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def small_model_config(**changes):
+    """A tiny 28x28 network that builds and runs in well under a second on 2 CPU cores."""
+    from keras_siamese.model import ModelConfig
+
+    fields = dict(
+        image_size=28,
+        filters=(8, 16, 16, 32),
+        kernel_sizes=(5, 3, 3, 3),
+        dense_units=64,
+        padding="same",
+    )
+    fields.update(changes)
+    return ModelConfig(**fields)
+
+
+@pytest.fixture(scope="session")
+def small_config():
+    """`small_config(**changes)`: the tiny 28x28 ModelConfig with `changes`."""
+    return small_model_config
+
+
+@pytest.fixture(scope="session")
+def splits(omniglot) -> dict[str, data.OmniglotImages]:
+    """The paper's train/validation/test split of the real data."""
+    return data.paper_split(omniglot)
+
+
+@pytest.fixture(scope="session")
+def run_python():
+    """Runs `python ARGS...` in a fresh interpreter at the repository root.
+
+    Returns the CompletedProcess (text output captured); `timeout` seconds at most.
+    """
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["MPLBACKEND"] = "Agg"
+
+    def run(*args: str, timeout: float = 300, cwd: pathlib.Path | None = None):
+        return subprocess.run(
+            [sys.executable, *map(str, args)],
+            cwd=cwd or REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_run(splits, tmp_path_factory):
+    """A real `training.train` run of the smoke preset: (config, run_dir, model, history).
+
+    Two epochs of 20 steps with seed 0, spelled out so that the run does not change when
+    the preset's length does.
+    """
+    from keras_siamese import config, training
+
+    run_config = config.preset("smoke").replace(epochs=2, steps_per_epoch=20, seed=0)
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    model, history = training.train(run_config, splits, run_dir, verbose=0)
+    return run_config, run_dir, model, history

@@ -1,0 +1,141 @@
+"""Tests for keras_siamese.evaluation on Lake's runs and the paper's test split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from keras_siamese import evaluation
+from keras_siamese.model import build_siamese, head_of
+from keras_siamese.preprocessing import to_model_input
+
+
+@pytest.fixture(scope="module")
+def lake(lake_runs):
+    return evaluation.lake_tasks(lake_runs)
+
+
+@pytest.fixture(scope="module")
+def test_split(splits):
+    return splits["test"]
+
+
+@pytest.fixture(scope="module")
+def koch_tasks(test_split):
+    return evaluation.within_alphabet_tasks(test_split, 40, way=20, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_model(small_config):
+    # Keras's initialisers: embeddings that differ from image to image.
+    return build_siamese(small_config(paper_init=False))
+
+
+def test_lake_tasks_are_the_400_trials(lake, lake_runs):
+    assert len(lake) == 400 and lake.way == 20
+    assert lake.candidates.shape == (400, 20)
+    for t in (0, 137, 399):
+        run, query = divmod(t, 20)
+        np.testing.assert_array_equal(lake.images[lake.queries[t]], lake_runs.test[run, query])
+        for k in range(20):
+            np.testing.assert_array_equal(
+                lake.images[lake.candidates[t, k]], lake_runs.training[run, k]
+            )
+        assert lake.answers[t] == lake_runs.answers[run, query]
+        assert lake.groups[t] == f"run{run + 1:02d}"
+    assert len(set(lake.groups)) == 20
+
+
+def test_pixel_nearest_neighbour_matches_lakes_baseline(lake):
+    """Lake et al. (2015) report 21.7% for 1-NN on raw pixels."""
+    scores = evaluation.pixel_scorer(lake)
+    assert scores.shape == (400, 20)
+    assert 0.15 <= evaluation.accuracy(scores, lake) <= 0.30
+
+
+def test_accuracy_counts_the_argmax():
+    tasks = evaluation.OneShotTasks(
+        images=np.zeros((1, 1, 1, 1), np.uint8),
+        queries=np.zeros(4, int),
+        candidates=np.zeros((4, 3), int),
+        answers=np.array([0, 1, 2, 2]),
+        groups=np.array(["a"] * 4),
+    )
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.5, 0.2, 0.3], [0.0, 0.0, 1.0]])
+    assert evaluation.accuracy(scores, tasks) == 0.75
+
+
+def test_within_alphabet_tasks(koch_tasks, test_split):
+    tasks, split = koch_tasks, test_split
+    assert len(tasks) == 40 and tasks.way == 20
+    assert tasks.images is split.images
+    for t in range(len(tasks)):
+        candidates, query = tasks.candidates[t], tasks.queries[t]
+        assert set(split.alphabet[candidates]) == {tasks.groups[t]}
+        assert split.alphabet[query] == tasks.groups[t]
+        assert len(set(split.drawer[candidates])) == 1  # one drawer drew the candidates
+        assert len(set(split.character[candidates])) == 20  # of 20 characters
+        answer = candidates[tasks.answers[t]]
+        assert split.character[query] == split.character[answer]
+        assert split.drawer[query] != split.drawer[answer]
+    # Alphabets take turns (those with at least 20 characters).
+    assert len(set(tasks.groups)) == 10
+    assert tasks.answers.min() >= 0 and tasks.answers.max() < 20
+    # Same seed, same tasks.
+    again = evaluation.within_alphabet_tasks(split, 40, way=20, seed=0)
+    np.testing.assert_array_equal(again.candidates, tasks.candidates)
+    np.testing.assert_array_equal(again.queries, tasks.queries)
+
+
+def test_within_alphabet_tasks_need_enough_characters(test_split):
+    with pytest.raises(ValueError, match="no alphabet"):
+        evaluation.within_alphabet_tasks(test_split, 5, way=100)
+
+
+@pytest.mark.parametrize("tasks_name", ["koch_tasks", "lake"])
+def test_siamese_scorer_equals_the_models_predictions(small_model, tasks_name, request):
+    tasks = request.getfixturevalue(tasks_name)
+    size = small_model.input["left"].shape[1]
+    scores = evaluation.SiameseScorer(small_model, batch_size=64)(tasks)
+    assert scores.shape == (len(tasks), 20)
+    picked = np.arange(0, len(tasks), max(1, len(tasks) // 20))  # a spread of tasks
+    left = np.repeat(tasks.queries[picked], tasks.way)
+    right = tasks.candidates[picked].ravel()
+    x = {
+        "left": to_model_input(tasks.images[left], size).numpy(),
+        "right": to_model_input(tasks.images[right], size).numpy(),
+    }
+    expected = small_model.predict(x, verbose=0).reshape(len(picked), tasks.way)
+    np.testing.assert_allclose(scores[picked], expected, atol=1e-5)
+    assert np.std(scores[picked], axis=1).min() > 1e-6  # candidates get different scores
+
+
+def test_verification_accuracy(small_model, test_split):
+    value = evaluation.verification_accuracy(small_model, test_split, num_pairs=512, seed=0)
+    assert 0.0 <= value <= 1.0
+    # 512 pairs in two batches of 256: accuracies are multiples of 1/512.
+    assert value * 512 == pytest.approx(round(value * 512))
+
+
+def test_verification_accuracy_of_a_constant_model_is_one_half(small_config, test_split):
+    """Pairs are balanced: a model that always says "same" is right half of the time."""
+    model = build_siamese(small_config(paper_init=False))
+    head = head_of(model)
+    head.alpha.assign(np.zeros(head.alpha.shape, np.float32))
+    head.bias.assign(np.full((1,), 5.0, np.float32))
+    assert evaluation.verification_accuracy(model, test_split, num_pairs=512) == 0.5
+    head.bias.assign(np.full((1,), -5.0, np.float32))  # always "different"
+    assert evaluation.verification_accuracy(model, test_split, num_pairs=512) == 0.5
+
+
+def test_evaluate_reports_the_four_numbers(small_model, test_split, lake_runs):
+    metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20)
+    assert set(metrics) == {
+        "lake_runs_accuracy",
+        "lake_runs_1nn",
+        "koch_test_accuracy",
+        "verification_accuracy",
+    }
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    lake = evaluation.lake_tasks(lake_runs)
+    assert metrics["lake_runs_1nn"] == evaluation.accuracy(evaluation.pixel_scorer(lake), lake)

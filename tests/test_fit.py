@@ -1,0 +1,149 @@
+"""Tests for `python -m keras_siamese.fit`, run as a user runs it: in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import tensorflow as tf
+
+from keras_siamese import export
+
+OPTIONS = [
+    "--preset",
+    "--data-dir",
+    "--tfds-dir",
+    "--runs-dir",
+    "--resume",
+    "--export-dir",
+    "--model-name",
+    "--no-export",
+    "--seed",
+    "--epochs",
+    "--steps-per-epoch",
+    "--batch-size",
+    "--patience",
+    "--image-size",
+    "--learning-rate",
+    "--within-alphabet",
+    "--max-minutes",
+    "--optimizer",
+    "--mixed-precision",
+    "--no-mixed-precision",
+    "--distort",
+    "--no-distort",
+]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_help_lists_every_option(run_python):
+    result = run_python("-m", "keras_siamese.fit", "--help")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("usage: python -m keras_siamese.fit")
+    for option in OPTIONS:
+        assert re.search(rf"{re.escape(option)}\b", result.stdout), option
+    for preset in ("cpu", "koch2015", "smoke"):
+        assert preset in result.stdout
+
+
+def test_parser_has_no_undocumented_options():
+    from keras_siamese import fit
+
+    parser_options = {
+        option
+        for action in fit._parser()._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    assert parser_options == set(OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def fit_run(omniglot, omniglot_dir, tfds_dir, run_python, tmp_path_factory):
+    """One end-to-end run of the command with the smoke preset (data prepared by `omniglot`)."""
+    root = tmp_path_factory.mktemp("fit")
+    result = run_python(
+        "-m", "keras_siamese.fit",
+        "--preset", "smoke",
+        "--epochs", "1",
+        "--steps-per-epoch", "5",
+        "--data-dir", omniglot_dir,
+        "--tfds-dir", tfds_dir,
+        "--runs-dir", root / "runs",
+        "--export-dir", root / "saved_models",
+        timeout=400,
+    )  # fmt: skip
+    return result, root
+
+
+def test_fit_command_end_to_end(fit_run):
+    result, root = fit_run
+    assert result.returncode == 0, result.stderr[-5000:]
+    match = re.search(
+        r"Lake's 20 runs, 20-way one-shot: ([\d.]+)% \(pixel 1-NN baseline: ([\d.]+)%\)",
+        result.stdout,
+    )
+    assert match, result.stdout[-3000:]
+
+    runs = list((root / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.endswith("-smoke-seed0")
+    run_dir = runs[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("lake_runs_accuracy", "lake_runs_1nn", "koch_test_accuracy", "verification_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert float(match.group(1)) == pytest.approx(100 * metrics["lake_runs_accuracy"], abs=0.051)
+    assert float(match.group(2)) == pytest.approx(100 * metrics["lake_runs_1nn"], abs=0.051)
+    assert 0.15 <= metrics["lake_runs_1nn"] <= 0.30
+    assert metrics["epochs"] == 1
+
+    for name in ("config.json", "log.csv", "best.keras"):
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["preset"] == "smoke" and config["epochs"] == 1 and config["steps_per_epoch"] == 5
+
+    plot = run_dir / "learning_curves.png"
+    assert plot.stat().st_size > 1000
+    assert plot.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_fit_command_exports_a_servable_model(fit_run):
+    result, root = fit_run
+    assert result.returncode == 0, result.stderr[-5000:]
+    model_dir = root / "saved_models" / "siamese"
+    assert export.versions(model_dir) == [1]
+    assert f"SavedModel: {model_dir / '1'}" in result.stdout
+    run_dir = next((root / "runs").iterdir())
+    assert json.loads((run_dir / "metrics.json").read_text())["saved_model"] == str(model_dir / "1")
+    serving = tf.saved_model.load(str(model_dir / "1")).signatures["serving_default"]
+    x = tf.zeros((2, 28, 28, 1))
+    p = serving(left=x, right=x)["probability"].numpy()
+    assert p.shape == (2, 1) and ((p >= 0) & (p <= 1)).all()
+
+
+def test_missing_data_dir_is_a_clear_error(run_python, tmp_path):
+    missing = tmp_path / "no-omniglot-here"
+    result = run_python(
+        "-m", "keras_siamese.fit",
+        "--preset", "smoke",
+        "--data-dir", missing,
+        "--tfds-dir", tmp_path / "tfds",
+        "--runs-dir", tmp_path / "runs",
+        "--export-dir", tmp_path / "saved_models",
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert str(missing) in result.stderr
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing was written.
+    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "saved_models").exists()
+
+
+def test_resume_without_a_run_folder_is_a_clear_error(run_python, tmp_path):
+    result = run_python("-m", "keras_siamese.fit", "--resume", tmp_path / "nothing", timeout=120)
+    assert result.returncode != 0
+    assert f"no config.json in {tmp_path / 'nothing'}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,188 @@
+"""Tests for keras_siamese.model: the paper's architecture, the shared twin and the head."""
+
+from __future__ import annotations
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from keras_siamese import model as siamese_model
+from keras_siamese.model import ModelConfig, WeightedL1, build_siamese, build_twin
+
+PAPER_PARAMS = 38_951_745  # Koch et al. (2015), Fig. 4 at 105x105 with 'valid' padding
+
+
+def _pairs(config: ModelConfig, n: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random images in the model's input range, two different batches."""
+    rng = np.random.default_rng(seed)
+    shape = (n, config.image_size, config.image_size, 1)
+    return {
+        "left": rng.random(shape, dtype=np.float32),
+        "right": rng.random(shape, dtype=np.float32),
+    }
+
+
+@pytest.fixture(scope="module")
+def paper_model() -> keras.Model:
+    return build_siamese(ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def paper_twin() -> keras.Sequential:
+    return build_twin(ModelConfig())
+
+
+# --- The paper's network -------------------------------------------------------------------
+
+
+def test_paper_model_has_the_published_parameter_count(paper_model):
+    assert paper_model.count_params() == PAPER_PARAMS
+    assert tuple(paper_model.output.shape) == (None, 1)
+    assert set(paper_model.input) == {"left", "right"}
+    for name in ("left", "right"):
+        assert tuple(paper_model.input[name].shape) == (None, 105, 105, 1)
+
+
+def test_paper_twin_embeds_into_4096_units(paper_model):
+    twin = siamese_model.twin_of(paper_model)
+    assert tuple(twin.output.shape) == (None, 4096)
+    x = np.zeros((2, 105, 105, 1), np.float32)
+    assert tuple(twin(x).shape) == (2, 4096)
+    # The head adds alpha (4096) and a bias to the twin's weights.
+    assert paper_model.count_params() == twin.count_params() + 4096 + 1
+
+
+def test_one_twin_is_shared_by_both_inputs(small_config):
+    config = small_config(paper_init=False)
+    model = build_siamese(config)
+    twins = [layer for layer in model.layers if isinstance(layer, keras.Sequential)]
+    assert len(twins) == 1 and twins[0] is siamese_model.twin_of(model)
+    twin, head = twins[0], siamese_model.head_of(model)
+    # Both inputs flow through the same layer object...
+    assert len(twin._inbound_nodes) == 2
+    inputs = {id(node.input_tensors[0]) for node in twin._inbound_nodes}
+    assert inputs == {id(model.input["left"]), id(model.input["right"])}
+    # ...so the weights exist once.
+    assert len(model.weights) == len(twin.weights) + len(head.weights)
+    assert model.count_params() == twin.count_params() + config.dense_units + 1
+
+    # And the prediction is the head on the twin's embeddings of each input.
+    x = _pairs(config)
+    expected = head([twin(x["left"]), twin(x["right"])])
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-7)
+    # Changing the twin's weights changes both branches: with conv1 zeroed (and its bias
+    # kept), every image embeds the same way and all pairs look identical.
+    conv1 = twin.get_layer("conv1")
+    conv1.kernel.assign(np.zeros(conv1.kernel.shape, np.float32))
+    embeddings = twin(np.concatenate([x["left"], x["right"]]))
+    np.testing.assert_allclose(embeddings, np.broadcast_to(embeddings[:1], embeddings.shape), atol=1e-6)
+    same = head.activation(head.bias)  # distance 0
+    np.testing.assert_allclose(model.predict(x, verbose=0), np.full((6, 1), same), atol=1e-6)
+
+
+def test_weighted_l1_is_symmetric(small_config):
+    config = small_config(paper_init=False)
+    model = build_siamese(config)
+    x = _pairs(config, n=16)
+    ab = model.predict(x, verbose=0)
+    ba = model.predict({"left": x["right"], "right": x["left"]}, verbose=0)
+    np.testing.assert_array_equal(ab, ba)
+    assert ab.shape == (16, 1)
+    assert np.all((ab > 0) & (ab < 1))
+    assert np.ptp(ab) > 1e-4  # the pairs get different probabilities
+
+
+def test_weighted_l1_computes_the_papers_formula():
+    head = WeightedL1(name="head")
+    rng = np.random.default_rng(1)
+    h1, h2 = rng.normal(size=(5, 7)).astype(np.float32), rng.normal(size=(5, 7)).astype(np.float32)
+    p = keras.ops.convert_to_numpy(head([h1, h2]))
+    alpha, bias = head.alpha.numpy(), head.bias.numpy()
+    expected = 1 / (1 + np.exp(-(np.abs(h1 - h2) @ alpha + bias)))
+    np.testing.assert_allclose(p, expected, rtol=1e-5)
+    assert p.shape == (5, 1)
+
+
+def test_keras_file_round_trip_in_safe_mode(small_config, tmp_path):
+    config = small_config(paper_init=False)
+    model = build_siamese(config)
+    x = _pairs(config, n=8)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert isinstance(siamese_model.head_of(loaded), WeightedL1)
+    twins = [layer for layer in loaded.layers if isinstance(layer, keras.Sequential)]
+    assert len(twins) == 1
+    assert loaded.count_params() == model.count_params()
+
+
+@pytest.mark.parametrize("size", [52, 64])
+def test_valid_padding_rejects_small_images(size):
+    with pytest.raises(ValueError, match=f"image_size {size}.*'valid' padding"):
+        build_siamese(ModelConfig(image_size=size))
+
+
+def test_config_checks_its_lengths():
+    with pytest.raises(ValueError, match="same length"):
+        ModelConfig(filters=(8, 16), kernel_sizes=(3,))
+    with pytest.raises(ValueError, match="l2 needs 6"):
+        ModelConfig(l2=(0.0,) * 5)
+
+
+# --- The paper's initialisation ------------------------------------------------------------
+
+
+def test_paper_initialisers(paper_twin):
+    for name in ("conv1", "conv2", "conv3", "conv4"):
+        kernel, bias = (w.numpy() for w in paper_twin.get_layer(name).weights)
+        assert abs(kernel.std() - 1e-2) < 5e-4, name
+        assert abs(kernel.mean()) < 1e-3, name
+        assert abs(bias.mean() - 0.5) < 5e-3, name
+        assert 5e-3 < bias.std() < 1.5e-2, name
+    kernel, bias = (w.numpy() for w in paper_twin.get_layer("dense").weights)
+    assert abs(kernel.std() - 0.2) < 2e-3
+    assert abs(kernel.mean()) < 2e-3
+    assert abs(bias.mean() - 0.5) < 2e-3
+    assert abs(bias.std() - 1e-2) < 1e-3
+
+
+def test_paper_initialisers_draw_each_layer_independently(paper_twin):
+    """Each layer's initial weights are fresh draws, not copies of another layer's.
+
+    A single seeded initialiser shared by all layers returns the same numbers for the
+    same shape (and the same leading numbers for a bigger shape), so e.g. conv2 and conv3
+    would start with identical biases.
+    """
+    weights = {w.path: w.numpy().ravel() for w in paper_twin.weights}
+    copies = [
+        f"{name_a} ~ {name_b}"
+        for (name_a, a), (name_b, b) in itertools.combinations(weights.items(), 2)
+        if np.allclose(a[: min(len(a), len(b))], b[: min(len(a), len(b))])
+    ]
+    assert not copies, f"weights starting with the same values: {copies}"
+
+
+def test_keras_initialisers_when_not_paper(small_config):
+    twin = build_twin(small_config(paper_init=False))
+    for layer in ("conv1", "dense"):
+        np.testing.assert_array_equal(twin.get_layer(layer).bias.numpy(), 0.0)
+
+
+# --- Mixed precision -----------------------------------------------------------------------
+
+
+def test_mixed_precision_head_stays_float32(small_config):
+    config = small_config(mixed_precision=True, filters=(4, 4, 4, 4), dense_units=8)
+    model = build_siamese(config)
+    twin, head = siamese_model.twin_of(model), siamese_model.head_of(model)
+    assert twin.get_layer("conv1").compute_dtype == "bfloat16"
+    assert twin.get_layer("conv1").kernel.dtype == "float32"  # weights stay float32
+    assert head.compute_dtype == "float32"
+    x = _pairs(config, n=2)
+    p = model(x, training=False)
+    assert keras.backend.standardize_dtype(p.dtype) == "float32"
+    assert tuple(p.shape) == (2, 1)
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(p)))

@@ -3,9 +3,9 @@
 A one-shot task shows a query image and ``way`` candidate images, one of them
 of the query's character; a scorer (a callable from :class:`OneShotTasks` to
 ``(T, way)`` scores, higher meaning "same character") rates every (query,
-candidate) pair and the highest score is the pick. The same code scores Lake et al.'s 20 official runs,
-Koch et al.'s within-alphabet tasks, the Siamese network and a pixel-space
-nearest-neighbour baseline.
+candidate) pair and the highest score is the pick. The same code scores Lake
+et al.'s 20 official runs, Koch et al.'s within-alphabet tasks, the Siamese
+network and a pixel-space nearest-neighbour baseline.
 """
 
 from __future__ import annotations

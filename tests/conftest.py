@@ -55,18 +55,20 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def small_model_config(**changes):
-    """A tiny 28x28 network that builds and runs in well under a second on 2 CPU cores."""
+    """A tiny 28x28 network that builds and runs in well under a second on 2 CPU cores.
+
+    The smoke preset's layer sizes with the paper's other choices (initialisers, no batch
+    norm, per-layer L2), so the tests exercise the paper's layers at a small size.
+    """
+    import dataclasses
+
+    from keras_siamese.config import preset
     from keras_siamese.model import ModelConfig
 
-    fields = dict(
-        image_size=28,
-        filters=(8, 16, 16, 32),
-        kernel_sizes=(5, 3, 3, 3),
-        dense_units=64,
-        padding="same",
-    )
+    paper = ModelConfig()
+    fields = dict(paper_init=paper.paper_init, batch_norm=paper.batch_norm, l2=paper.l2)
     fields.update(changes)
-    return ModelConfig(**fields)
+    return dataclasses.replace(preset("smoke").model, **fields)
 
 
 @pytest.fixture(scope="session")

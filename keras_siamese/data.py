@@ -537,11 +537,15 @@ class LakeRuns:
         test: uint8 `(20, 20, 105, 105, 1)`: run r, query q (`item01..item20`).
         answers: int32 `(20, 20)`: for run r and query q, the index k of the candidate of the
             same character (from `class_labels.txt`).
+        training_files, test_files: object `(20, 20)`: the PNG files' bytes as stored in the
+            zip, for clients that send files (TF Serving's encoded-image signatures).
     """
 
     training: np.ndarray
     test: np.ndarray
     answers: np.ndarray
+    training_files: np.ndarray
+    test_files: np.ndarray
 
 
 def _run_member(run: int, kind: str, index: int) -> str:
@@ -578,12 +582,20 @@ def _read_runs_zip(path: os.PathLike | str) -> LakeRuns:
             kind: np.zeros((NUM_RUNS, RUN_WAYS, *IMAGE_SHAPE), dtype=np.uint8)
             for kind in ("training", "test")
         }
+        files = {kind: np.empty((NUM_RUNS, RUN_WAYS), dtype=object) for kind in arrays}
         for member, (kind, run, index) in images.items():
-            arrays[kind][run, index] = _decode_png(archive.read(member), path, member)
+            files[kind][run, index] = archive.read(member)
+            arrays[kind][run, index] = _decode_png(files[kind][run, index], path, member)
 
     for array in arrays.values():
         _check_background_is_white(array, path)
-    return LakeRuns(training=arrays["training"], test=arrays["test"], answers=answers)
+    return LakeRuns(
+        training=arrays["training"],
+        test=arrays["test"],
+        answers=answers,
+        training_files=files["training"],
+        test_files=files["test"],
+    )
 
 
 def _parse_class_labels(

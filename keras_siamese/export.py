@@ -5,6 +5,32 @@ version is written into a hidden temporary folder and renamed into place, so a
 model server watching ``<export_dir>/<name>`` never sees a half-written
 version (TF Serving only loads folders whose name is a number).
 
+The SavedModel takes images as stored in Omniglot: grey-scale pixel values in
+[0, 255], white paper and dark ink, of any size. It resizes and normalises them
+in the graph with :mod:`keras_siamese.preprocessing`, the code that training and
+evaluation use, so a client needs no preprocessing of its own and a model
+scored through TF Serving sees exactly the pixels it sees offline.
+
+Signatures (:data:`SIGNATURES`; ``saved_model_cli show --all`` lists them):
+
+==================  ==================================  =============================
+name                inputs                              outputs
+==================  ==================================  =============================
+serving_default     left, right: float (N, H, W, 1)     probability (N,)
+pair_encoded        left, right: string (N,)            probability (N,)
+embed               images: float (N, H, W, 1)          embedding (N, d)
+embed_encoded       images: string (N,)                 embedding (N, d)
+one_shot            queries: float (Q, H, W, 1),        scores (Q, K), best (Q,)
+                    support: float (K, H, W, 1)
+one_shot_encoded    queries: string (Q,),               scores (Q, K), best (Q,)
+                    support: string (K,)
+==================  ==================================  =============================
+
+String inputs are encoded PNG, JPEG, GIF or BMP files (TF Serving's REST API
+takes them as ``{"b64": "..."}``). ``one_shot`` scores a whole N-way task in one
+call: each image is embedded once and the weighted-L1 head compares every
+query with every support image, ``Q + K`` twin passes instead of ``2 Q K``.
+
 ``model.export`` and ``keras.export.ExportArchive`` currently write every
 variable twice (keras-team/keras#23553). Here the endpoints are plain
 ``tf.function``s on a ``tf.Module`` that tracks the model's underlying
@@ -23,29 +49,90 @@ import keras
 import tensorflow as tf
 
 import keras_siamese  # noqa: F401  (registers the custom layer and optimiser for load_model)
+from keras_siamese.model import head_of, twin_of
+from keras_siamese.preprocessing import decode_images, to_model_input
+
+SIGNATURES = (
+    "serving_default",
+    "pair_encoded",
+    "embed",
+    "embed_encoded",
+    "one_shot",
+    "one_shot_encoded",
+)
+
+
+def _images(name: str) -> tf.TensorSpec:
+    return tf.TensorSpec((None, None, None, 1), tf.float32, name=name)
+
+
+def _encoded(name: str) -> tf.TensorSpec:
+    return tf.TensorSpec((None,), tf.string, name=name)
 
 
 def _build_module(model: keras.Model) -> tuple[tf.Module, dict]:
     """A ``tf.Module`` with the serving endpoints of ``model``."""
     size = model.input["left"].shape[1]
-    image = tf.TensorSpec((None, size, size, 1), tf.float32)
+    twin, head = twin_of(model), head_of(model)
     module = tf.Module()
     # Track the backend variables directly (not the Keras model) so each is
     # saved once.
     module.model_variables = [v.value for v in model.variables]
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec(image.shape, image.dtype, name="left"),
-            tf.TensorSpec(image.shape, image.dtype, name="right"),
-        ]
-    )
-    def serving_default(left, right):
-        """Same-character probability of each (left, right) pair."""
-        return {"probability": model({"left": left, "right": right}, training=False)}
+    def embed_inputs(x):
+        return tf.cast(twin(x, training=False), tf.float32)
 
-    module.serving_default = serving_default
-    return module, {"serving_default": serving_default}
+    def pair(left, right):
+        # The full model, exactly as trained: twin on both sides, then the head.
+        p = model({"left": left, "right": right}, training=False)
+        return {"probability": tf.reshape(p, [-1])}
+
+    def one_shot(queries, support):
+        scores = head.pairwise(embed_inputs(queries), embed_inputs(support))
+        scores = tf.cast(scores, tf.float32)
+        return {"scores": scores, "best": tf.argmax(scores, axis=1, output_type=tf.int32)}
+
+    @tf.function(input_signature=[_images("left"), _images("right")])
+    def serving_default(left, right):
+        """Same-character probability of each (left, right) pair of images."""
+        return pair(to_model_input(left, size), to_model_input(right, size))
+
+    @tf.function(input_signature=[_encoded("left"), _encoded("right")])
+    def pair_encoded(left, right):
+        """Same-character probability of each (left, right) pair of image files."""
+        return pair(decode_images(left, size), decode_images(right, size))
+
+    @tf.function(input_signature=[_images("images")])
+    def embed(images):
+        """The twin network's feature vector of each image."""
+        return {"embedding": embed_inputs(to_model_input(images, size))}
+
+    @tf.function(input_signature=[_encoded("images")])
+    def embed_encoded(images):
+        """The twin network's feature vector of each image file."""
+        return {"embedding": embed_inputs(decode_images(images, size))}
+
+    @tf.function(input_signature=[_images("queries"), _images("support")])
+    def one_shot_(queries, support):
+        """Scores of each query against each support image, and the best one."""
+        return one_shot(to_model_input(queries, size), to_model_input(support, size))
+
+    @tf.function(input_signature=[_encoded("queries"), _encoded("support")])
+    def one_shot_encoded(queries, support):
+        """``one_shot`` for image files."""
+        return one_shot(decode_images(queries, size), decode_images(support, size))
+
+    signatures = {
+        "serving_default": serving_default,
+        "pair_encoded": pair_encoded,
+        "embed": embed,
+        "embed_encoded": embed_encoded,
+        "one_shot": one_shot_,
+        "one_shot_encoded": one_shot_encoded,
+    }
+    for name, function in signatures.items():
+        setattr(module, name, function)
+    return module, signatures
 
 
 def versions(model_dir: str | Path) -> list[int]:

@@ -128,6 +128,17 @@ class WeightedL1(keras.layers.Layer):
         left, right = inputs
         return self.activation(self.distance_logits(left, right))
 
+    def pairwise(self, queries, support):
+        """Probabilities of every (query, support) pair: ``(Q, d), (K, d) -> (Q, K)``.
+
+        The head only compares embeddings, so an N-way one-shot task needs each
+        image embedded once and then ``Q * K`` cheap head evaluations.
+        """
+        queries = ops.cast(queries, self.compute_dtype)
+        support = ops.cast(support, self.compute_dtype)
+        logits = self.distance_logits(queries[:, None, :], support[None, :, :])
+        return self.activation(logits)[..., 0]
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0][:-1]) + (1,)
 

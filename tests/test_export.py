@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pathlib
+import sys
 import textwrap
 
 import keras
@@ -10,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_siamese import export
-from keras_siamese.model import build_siamese
+from keras_siamese import evaluation, export
+from keras_siamese.model import build_siamese, twin_of
+from keras_siamese.preprocessing import to_model_input
 
 # Loads a SavedModel the way a model server does: TensorFlow only. `import tensorflow` itself
 # tries to import Keras when it is installed, so Keras (and this project) are made
@@ -58,9 +61,17 @@ def model(small_config) -> keras.Model:
 
 
 @pytest.fixture(scope="module")
-def pairs() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {side: rng.random((5, 28, 28, 1), dtype=np.float32) for side in ("left", "right")}
+def pairs(omniglot) -> dict[str, np.ndarray]:
+    """Five real pairs of 105x105 Omniglot images, pixel values as stored (255 = paper)."""
+    images = omniglot["evaluation"].images
+    return {"left": images[:5].astype(np.float32), "right": images[100:105].astype(np.float32)}
+
+
+def _offline(model, pairs) -> np.ndarray:
+    """What the Keras model gives for the same pixels, preprocessed as in training."""
+    size = model.input["left"].shape[1]
+    x = {side: to_model_input(images, size) for side, images in pairs.items()}
+    return model.predict(x, verbose=0)[:, 0]
 
 
 def _served(run_python, model_dir, pairs, tmp_path) -> tuple[np.ndarray, dict]:
@@ -103,8 +114,8 @@ def test_saved_model_serves_the_same_probabilities_without_keras(
     assert info["keras_modules"] == []  # neither keras nor keras_siamese was imported
     assert info["inputs"] == ["left", "right"]
     assert info["outputs"] == ["probability"]
-    assert served.shape == (5, 1) and served.dtype == np.float32
-    np.testing.assert_allclose(served, model.predict(pairs, verbose=0), rtol=1e-5, atol=1e-6)
+    assert served.shape == (5,) and served.dtype == np.float32
+    np.testing.assert_allclose(served, _offline(model, pairs), rtol=1e-5, atol=1e-6)
 
 
 def test_saved_model_holds_one_copy_of_the_weights(model, tmp_path):
@@ -114,15 +125,15 @@ def test_saved_model_holds_one_copy_of_the_weights(model, tmp_path):
     assert weight_bytes <= saved_bytes < 1.3 * weight_bytes
 
 
-def test_saved_model_loads_in_process_and_accepts_any_batch(model, tmp_path):
+def test_saved_model_loads_in_process_and_accepts_any_batch_and_size(model, tmp_path):
     target = export.export_saved_model(model, tmp_path, "siamese")
     serving = tf.saved_model.load(str(target)).signatures["serving_default"]
-    for n in (1, 3):
-        x = tf.random.uniform((n, 28, 28, 1), seed=n)
+    for n, size in ((1, 28), (3, 105), (2, 64)):
+        x = tf.random.uniform((n, size, size, 1), maxval=255.0, seed=n)
         out = serving(left=x, right=x[::-1])["probability"]
-        assert tuple(out.shape) == (n, 1)
+        assert tuple(out.shape) == (n,)
         np.testing.assert_allclose(
-            out.numpy(), model.predict({"left": x, "right": x[::-1]}, verbose=0), atol=1e-6
+            out.numpy(), _offline(model, {"left": x, "right": x[::-1]}), atol=1e-6
         )
 
 
@@ -136,11 +147,12 @@ def test_export_command_on_a_run_folder(trained_run, run_python, tmp_path):
     assert str(target) in result.stdout
     assert export.versions(tmp_path / "omniglot") == [1]
     best = keras.models.load_model(run_dir / "best.keras")
-    x = {side: np.random.default_rng(1).random((3, 28, 28, 1), dtype=np.float32) for side in ("left", "right")}
+    rng = np.random.default_rng(1)
+    x = {side: rng.integers(0, 256, (3, 105, 105, 1)).astype(np.float32) for side in ("left", "right")}
     served = tf.saved_model.load(str(target)).signatures["serving_default"](
         left=tf.constant(x["left"]), right=tf.constant(x["right"])
     )["probability"]
-    np.testing.assert_allclose(served.numpy(), best.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(served.numpy(), _offline(best, x), atol=1e-6)
 
 
 def test_export_command_without_a_model(run_python, tmp_path):
@@ -148,3 +160,113 @@ def test_export_command_without_a_model(run_python, tmp_path):
     assert result.returncode != 0
     assert f"no model at {tmp_path / 'best.keras'}" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- The serving signatures --------------------------------------------------------------
+
+
+def _png(image: np.ndarray) -> bytes:
+    return tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()
+
+
+def test_signatures_and_their_named_inputs_and_outputs(model, tmp_path):
+    target = export.export_saved_model(model, tmp_path, "siamese")
+    signatures = tf.saved_model.load(str(target)).signatures
+    assert sorted(signatures) == sorted(export.SIGNATURES)
+    expected = {
+        "serving_default": ({"left": tf.float32, "right": tf.float32}, ["probability"]),
+        "pair_encoded": ({"left": tf.string, "right": tf.string}, ["probability"]),
+        "embed": ({"images": tf.float32}, ["embedding"]),
+        "embed_encoded": ({"images": tf.string}, ["embedding"]),
+        "one_shot": ({"queries": tf.float32, "support": tf.float32}, ["best", "scores"]),
+        "one_shot_encoded": ({"queries": tf.string, "support": tf.string}, ["best", "scores"]),
+    }
+    for name, (inputs, outputs) in expected.items():
+        specs = signatures[name].structured_input_signature[1]
+        assert {key: spec.dtype for key, spec in specs.items()} == inputs, name
+        assert sorted(signatures[name].structured_outputs) == outputs, name
+
+
+def test_saved_model_cli_shows_the_signatures(model, run_python, tmp_path):
+    target = export.export_saved_model(model, tmp_path, "siamese")
+    cli = pathlib.Path(sys.executable).parent / "saved_model_cli"  # installed with TensorFlow
+    result = run_python(cli, "show", "--dir", target, "--all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in export.SIGNATURES:
+        assert f"signature_def['{name}']" in result.stdout
+    for tensor in ("left", "right", "images", "queries", "support"):
+        assert f"inputs['{tensor}']" in result.stdout
+    for tensor in ("probability", "embedding", "scores", "best"):
+        assert f"outputs['{tensor}']" in result.stdout
+
+
+def test_embed_and_one_shot_agree_with_the_pair_signature(model, omniglot, tmp_path):
+    target = export.export_saved_model(model, tmp_path, "siamese")
+    signatures = tf.saved_model.load(str(target)).signatures
+    images = omniglot["evaluation"].images[:7].astype(np.float32)
+    queries, support = images[:3], images[3:]
+    embedding = signatures["embed"](images=images)["embedding"].numpy()
+    twin = twin_of(model)
+    np.testing.assert_allclose(embedding, twin(to_model_input(images, 28)).numpy(), atol=1e-6)
+    result = signatures["one_shot"](queries=queries, support=support)
+    scores, best = result["scores"].numpy(), result["best"].numpy()
+    assert scores.shape == (3, 4) and best.shape == (3,)
+    left = np.repeat(queries, 4, axis=0)
+    right = np.tile(support, (3, 1, 1, 1))
+    pairs = signatures["serving_default"](left=left, right=right)["probability"].numpy()
+    np.testing.assert_allclose(scores, pairs.reshape(3, 4), atol=1e-6)
+    np.testing.assert_array_equal(best, scores.argmax(axis=1))
+
+
+def test_encoded_signatures_decode_png_and_jpeg_like_the_training_data(model, omniglot, tmp_path):
+    target = export.export_saved_model(model, tmp_path, "siamese")
+    signatures = tf.saved_model.load(str(target)).signatures
+    images = omniglot["evaluation"].images[:4]
+    pngs = tf.constant([_png(image) for image in images])
+    from_files = signatures["embed_encoded"](images=pngs)["embedding"].numpy()
+    from_pixels = signatures["embed"](images=images.astype(np.float32))["embedding"].numpy()
+    np.testing.assert_array_equal(from_files, from_pixels)  # PNG is lossless: same pixels
+    # A colour JPEG of another size is decoded to grey, resized, and scored.
+    rgb = np.repeat(np.pad(images[0], ((10, 10), (0, 0), (0, 0)), constant_values=255), 3, -1)
+    jpeg = tf.io.encode_jpeg(tf.constant(rgb), quality=95).numpy()
+    probability = signatures["pair_encoded"](
+        left=tf.constant([jpeg]), right=tf.constant([_png(images[0])])
+    )["probability"].numpy()
+    assert probability.shape == (1,) and 0.0 <= probability[0] <= 1.0
+
+
+def test_encoded_signature_rejects_what_is_not_an_image(model, tmp_path):
+    target = export.export_saved_model(model, tmp_path, "siamese")
+    embed = tf.saved_model.load(str(target)).signatures["embed_encoded"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        embed(images=tf.constant([b"this is not an image"]))
+
+
+def test_lake_runs_through_the_png_signature_match_the_offline_evaluation(
+    trained_run, lake_runs, tmp_path
+):
+    """Lake's 400 trials sent as the zip's own PNG files score exactly as offline."""
+    _, _, model, _ = trained_run
+    target = export.export_saved_model(model, tmp_path, "siamese")
+    one_shot = tf.saved_model.load(str(target)).signatures["one_shot_encoded"]
+    tasks = evaluation.lake_tasks(lake_runs)
+    offline = evaluation.SiameseScorer(model)(tasks)
+    served = np.stack([
+        one_shot(
+            queries=tf.constant(list(lake_runs.test_files[run])),
+            support=tf.constant(list(lake_runs.training_files[run])),
+        )["scores"].numpy()
+        for run in range(len(lake_runs.answers))
+    ]).reshape(offline.shape)
+    np.testing.assert_allclose(served, offline, atol=1e-5)
+    assert evaluation.accuracy(served, tasks) == evaluation.accuracy(offline, tasks)
+
+
+def test_mixed_precision_export_serves_float32(small_config, omniglot, tmp_path):
+    model = build_siamese(small_config(mixed_precision=True))
+    target = export.export_saved_model(model, tmp_path, "siamese")
+    signatures = tf.saved_model.load(str(target)).signatures
+    images = omniglot["evaluation"].images[:2].astype(np.float32)
+    assert signatures["serving_default"](left=images, right=images)["probability"].dtype == tf.float32
+    assert signatures["embed"](images=images)["embedding"].dtype == tf.float32
+    assert signatures["one_shot"](queries=images, support=images)["scores"].dtype == tf.float32

@@ -119,7 +119,7 @@ def test_fit_command_exports_a_servable_model(fit_run):
     serving = tf.saved_model.load(str(model_dir / "1")).signatures["serving_default"]
     x = tf.zeros((2, 28, 28, 1))
     p = serving(left=x, right=x)["probability"].numpy()
-    assert p.shape == (2, 1) and ((p >= 0) & (p <= 1)).all()
+    assert p.shape == (2,) and ((p >= 0) & (p <= 1)).all()
 
 
 def test_missing_data_dir_is_a_clear_error(run_python, tmp_path):

@@ -1,0 +1,221 @@
+"""A client for TensorFlow Serving's REST API, for the SavedModels of this project.
+
+    client = ServingClient("http://localhost:8501", model="siamese")
+    client.wait_until_available()
+    scores, best = client.one_shot(queries, support)     # numpy images or image files
+
+It talks to a real ``tensorflow/serving`` container or to the local stand-in
+``python -m keras_siamese.serve``: both answer the same URLs and bodies. Images
+go as numpy arrays (grey-scale pixel values in [0, 255], white paper, any size;
+sent to the float signatures) or as image files given by path or bytes (sent
+base64-encoded to the ``*_encoded`` signatures). The server decodes, resizes
+and normalises them, so the client holds no preprocessing code. An error
+answered by the server is raised as :class:`ServingError` with its message.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import requests
+
+#: Images as pixels ``(N, H, W)`` / ``(N, H, W, 1)``, or files as paths or bytes.
+Images = Union[np.ndarray, Sequence[Union[str, os.PathLike, bytes]]]
+
+
+class ServingError(RuntimeError):
+    """The model server answered with an error.
+
+    Attributes:
+        status: the HTTP status code (None when the server could not be reached).
+        message: the server's ``error`` message.
+    """
+
+    def __init__(self, status: int | None, message: str):
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+class ServingClient:
+    """TF Serving REST client for one model.
+
+    Args:
+        url: the server's REST address, e.g. ``http://localhost:8501``.
+        model: the model name (``--model_name`` of the server).
+        version: a fixed version to query; None for the one being served.
+        timeout: seconds to wait for each answer.
+    """
+
+    def __init__(
+        self,
+        url: str = "http://localhost:8501",
+        model: str = "siamese",
+        version: int | None = None,
+        timeout: float = 60.0,
+    ):
+        self.url = url.rstrip("/")
+        self.model = model
+        self.version = version
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._outputs: dict[str, list[str]] = {}  # output names by signature
+
+    @property
+    def model_url(self) -> str:
+        base = f"{self.url}/v1/models/{self.model}"
+        return base if self.version is None else f"{base}/versions/{self.version}"
+
+    def _call(self, method: str, url: str, body: dict | None = None) -> dict:
+        try:
+            response = self._session.request(method, url, json=body, timeout=self.timeout)
+        except requests.RequestException as error:
+            raise ServingError(None, f"cannot reach {url}: {error}") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {"error": response.text.strip() or response.reason}
+        if response.status_code != 200 or "error" in answer:
+            raise ServingError(response.status_code, str(answer.get("error", answer)))
+        return answer
+
+    # --- Model status and metadata --------------------------------------------------------
+
+    def status(self) -> list[dict]:
+        """The ``model_version_status`` entries (version, state, status)."""
+        return self._call("GET", self.model_url)["model_version_status"]
+
+    def metadata(self) -> dict[str, dict]:
+        """The SavedModel's signature definitions, by signature name."""
+        answer = self._call("GET", f"{self.model_url}/metadata")
+        return answer["metadata"]["signature_def"]["signature_def"]
+
+    def wait_until_available(self, timeout: float = 60.0) -> int:
+        """Waits until a version is AVAILABLE; returns its number.
+
+        Raises:
+            TimeoutError: none became available within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                for entry in self.status():
+                    if entry["state"] == "AVAILABLE":
+                        return int(entry["version"])
+                last = "no version is AVAILABLE"
+            except ServingError as error:
+                last = error.message
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.model_url} not available after {timeout:.0f} s: {last}")
+
+    # --- Predictions ----------------------------------------------------------------------
+
+    def predict(
+        self, inputs: dict[str, Any], signature_name: str = "serving_default", row: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Runs any signature; returns its outputs as numpy arrays.
+
+        Args:
+            inputs: input name to value: a numpy array, or a list of ``bytes``
+                for string inputs (sent as ``{"b64": ...}``).
+            signature_name: the SavedModel signature.
+            row: send the row format (``instances``) rather than the columnar
+                one (``inputs``); all inputs must then have the same batch size.
+        """
+        payload = {name: _jsonable(value) for name, value in inputs.items()}
+        body: dict[str, Any] = {"signature_name": signature_name}
+        if row:
+            sizes = {len(value) for value in payload.values()}
+            if len(sizes) != 1:
+                raise ValueError("the row format needs inputs of one batch size")
+            body["instances"] = [
+                {name: value[i] for name, value in payload.items()} for i in range(sizes.pop())
+            ]
+        else:
+            body["inputs"] = payload
+        answer = self._call("POST", f"{self.model_url}:predict", body)
+        if row:
+            predictions = answer["predictions"]
+            if predictions and isinstance(predictions[0], dict):
+                return {key: np.asarray([p[key] for p in predictions]) for key in predictions[0]}
+            return {self._only_output(signature_name): np.asarray(predictions)}
+        outputs = answer["outputs"]
+        if isinstance(outputs, dict):
+            return {key: np.asarray(value) for key, value in outputs.items()}
+        return {self._only_output(signature_name): np.asarray(outputs)}
+
+    def _only_output(self, signature_name: str) -> str:
+        # TF Serving leaves out the name when a signature has a single output.
+        if signature_name not in self._outputs:
+            self._outputs[signature_name] = sorted(self.metadata()[signature_name]["outputs"])
+        (name,) = self._outputs[signature_name]
+        return name
+
+    def probability(self, left: Images, right: Images) -> np.ndarray:
+        """Same-character probability of each (left, right) pair, ``(N,)``."""
+        encoded, left_value = _images(left)
+        encoded_right, right_value = _images(right)
+        if encoded != encoded_right:
+            raise ValueError("give both sides as arrays or both as files")
+        signature = "pair_encoded" if encoded else "serving_default"
+        outputs = self.predict({"left": left_value, "right": right_value}, signature)
+        return outputs["probability"]
+
+    def embed(self, images: Images) -> np.ndarray:
+        """The twin network's embedding of each image, ``(N, d)``."""
+        encoded, value = _images(images)
+        outputs = self.predict({"images": value}, "embed_encoded" if encoded else "embed")
+        return outputs["embedding"]
+
+    def one_shot(self, queries: Images, support: Images) -> tuple[np.ndarray, np.ndarray]:
+        """Scores each query against each support image in one request.
+
+        Returns:
+            ``scores`` ``(Q, K)`` same-character probabilities and ``best``
+            ``(Q,)``, the index of the highest-scoring support image.
+        """
+        encoded, query_value = _images(queries)
+        encoded_support, support_value = _images(support)
+        if encoded != encoded_support:
+            raise ValueError("give queries and support both as arrays or both as files")
+        signature = "one_shot_encoded" if encoded else "one_shot"
+        outputs = self.predict({"queries": query_value, "support": support_value}, signature)
+        return outputs["scores"], outputs["best"]
+
+
+def _images(images: Images) -> tuple[bool, Any]:
+    """(encoded?, value): pixel arrays as ``(N, H, W, 1)``, files as a list of bytes."""
+    if isinstance(images, np.ndarray) and images.dtype != object:
+        if images.ndim == 3:
+            images = images[..., np.newaxis]
+        if images.ndim != 4 or images.shape[-1] != 1:
+            raise ValueError(
+                f"expected grey-scale images (N, H, W) or (N, H, W, 1), got shape {images.shape}"
+            )
+        return False, images
+    files = []
+    for item in images:
+        if isinstance(item, (bytes, bytearray)):
+            files.append(bytes(item))
+        elif isinstance(item, (str, os.PathLike)):
+            files.append(Path(item).read_bytes())
+        else:
+            raise TypeError(f"expected an image file path or bytes, got {type(item).__name__}")
+    return True, files
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        if np.issubdtype(value.dtype, np.integer):
+            return value.tolist()  # pixels as JSON integers: compact and exact
+        return value.astype(np.float32).tolist()
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], bytes):
+        return [{"b64": base64.b64encode(v).decode("ascii")} for v in value]
+    return value

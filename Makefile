@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench clean
+.PHONY: run test bench serve clean
 
 # A virtual environment with the package (editable) and its dev extras;
 # rebuilt when setup.cfg changes.
@@ -20,6 +20,18 @@ run: $(VENV)/.installed
 ## The test suite (real Omniglot from ../shared/data/omniglot).
 test: $(VENV)/.installed
 	$(PY) -m pytest $(ARGS)
+
+## The speed benchmarks (figures and ratios; see bench/).
+bench: $(VENV)/.installed
+	$(PY) bench/pipeline.py
+	$(PY) bench/one_shot.py
+	$(PY) bench/one_shot.py --preset koch2015 --repeats 5
+	$(PY) bench/training.py
+	$(PY) bench/memory.py
+
+## The local TF-Serving-compatible server on saved_models/siamese.
+serve: $(VENV)/.installed
+	$(PY) -m keras_siamese.serve $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

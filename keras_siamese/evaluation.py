@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_siamese.augmentation import Distortion, distort
 from keras_siamese.data import LakeRuns, OmniglotImages
 from keras_siamese.model import head_of, twin_of
 from keras_siamese.pairs import pair_dataset
@@ -112,9 +113,61 @@ def within_alphabet_tasks(
     )
 
 
+def labelled_tasks(
+    images: np.ndarray, labels: np.ndarray, num_tasks: int = 400, way: int = 10, seed: int = 0
+) -> OneShotTasks:
+    """``way``-way one-shot tasks over any labelled images (the paper's MNIST transfer).
+
+    Each task takes ``way`` classes, one random image of each as the candidates, and a
+    different image of one of them as the query.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    if len(classes) < way:
+        raise ValueError(f"{way}-way tasks need {way} classes; the labels have {len(classes)}")
+    members = {c: np.flatnonzero(labels == c) for c in classes}
+    queries, candidates, answers = [], [], []
+    for _ in range(num_tasks):
+        chosen = rng.choice(classes, size=way, replace=False)
+        answer = int(rng.integers(way))
+        picks = [rng.choice(members[c], size=2, replace=False) for c in chosen]
+        candidates.append([pick[0] for pick in picks])
+        queries.append(picks[answer][1])
+        answers.append(answer)
+    return OneShotTasks(
+        images=images,
+        queries=np.array(queries),
+        candidates=np.array(candidates),
+        answers=np.array(answers),
+        groups=np.array([str(labels[q]) for q in queries]),
+    )
+
+
 def accuracy(scores: np.ndarray, tasks: OneShotTasks) -> float:
     """Fraction of tasks whose highest-scoring candidate is the right one."""
     return float(np.mean(np.argmax(scores, axis=1) == tasks.answers))
+
+
+def accuracy_by_group(scores: np.ndarray, tasks: OneShotTasks) -> dict[str, float]:
+    """Accuracy of each group of tasks (alphabet or run), in sorted group order."""
+    correct = np.argmax(scores, axis=1) == tasks.answers
+    return {
+        str(group): float(np.mean(correct[tasks.groups == group]))
+        for group in np.unique(tasks.groups)
+    }
+
+
+def hardest_mistakes(scores: np.ndarray, tasks: OneShotTasks, n: int) -> np.ndarray:
+    """Indices of the ``n`` wrong tasks the scorer was surest of.
+
+    Mistakes are ranked by how far the wrong pick's score lies above the
+    right candidate's, largest first.
+    """
+    rows = np.arange(len(tasks))
+    picks = np.argmax(scores, axis=1)
+    margin = scores[rows, picks] - scores[rows, tasks.answers]
+    wrong = np.flatnonzero(picks != tasks.answers)
+    return wrong[np.argsort(-margin[wrong], kind="stable")][:n]
 
 
 def pixel_scorer(tasks: OneShotTasks) -> np.ndarray:
@@ -131,17 +184,41 @@ class SiameseScorer:
     The head only compares embeddings, so a ``way``-way task costs one twin
     pass per distinct image plus ``way`` cheap head evaluations, not ``way``
     full pair passes. Scores are the head's probabilities.
+
+    With ``views > 1`` it adds test-time augmentation: every image is also
+    embedded under ``views - 1`` random distortions (the training
+    distortions, drawn independently for each image and view) and the
+    probabilities of the views are averaged.
+    The weighted-L1 head is symmetric, so scoring ``(a, b)`` and ``(b, a)``
+    gives the same probability and "symmetric scoring" needs no extra work.
     """
 
-    def __init__(self, model: keras.Model, batch_size: int = 256):
+    def __init__(
+        self,
+        model: keras.Model,
+        batch_size: int = 256,
+        *,
+        views: int = 1,
+        distortion: Distortion = Distortion(),
+        seed: int = 0,
+    ):
         self.twin = twin_of(model)
         self.head = head_of(model)
         self.image_size = model.input["left"].shape[1]
         self.batch_size = batch_size
+        self.views = views
+        self.distortion = distortion
+        self.seed = seed
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        """Embeddings of uint8 Omniglot-polarity images, ``(N, d)`` float32."""
+    def embed(self, images: np.ndarray, view: int = 0) -> np.ndarray:
+        """Embeddings of uint8 Omniglot-polarity images, ``(N, d)`` float32.
+
+        ``view`` 0 is the images as they are; view ``v > 0`` distorts them
+        with a seed derived from ``(seed, v)``.
+        """
         x = to_model_input(images, self.image_size)
+        if view:
+            x = distort(x, tf.constant([self.seed, view]), self.distortion)
         return np.asarray(self.twin.predict(x, batch_size=self.batch_size, verbose=0), np.float32)
 
     def __call__(self, tasks: OneShotTasks) -> np.ndarray:
@@ -149,11 +226,15 @@ class SiameseScorer:
         used, inverse = np.unique(
             np.concatenate([tasks.queries, tasks.candidates.ravel()]), return_inverse=True
         )
-        emb = self.embed(tasks.images[used])
-        q = emb[inverse[:n]][:, None, :]
-        c = emb[inverse[n:]].reshape(n, tasks.way, -1)
-        probs = self.head.activation(self.head.distance_logits(q, c))
-        return keras.ops.convert_to_numpy(probs)[..., 0]
+        total = 0.0
+        for view in range(self.views):
+            emb = self.embed(tasks.images[used], view)
+            q = emb[inverse[:n]][:, None, :]
+            c = emb[inverse[n:]].reshape(n, tasks.way, -1)
+            total += keras.ops.convert_to_numpy(
+                self.head.activation(self.head.distance_logits(q, c))
+            )[..., 0]
+        return total / self.views
 
 
 def verification_accuracy(
@@ -185,21 +266,41 @@ def evaluate(
     koch_tasks: int = 400,
     way: int = 20,
     seed: int = 0,
+    mnist: tuple[np.ndarray, np.ndarray] | None = None,
+    views: int = 16,
 ) -> dict[str, float]:
     """The project's standard report for a trained model.
+
+    Args:
+        mnist: MNIST ``(images, labels)`` (``data.load_mnist_test``) for the
+            paper's transfer experiment, or None to skip it.
 
     Returns:
         ``lake_runs_accuracy``: Lake's 20 runs (400 trials); ``lake_runs_1nn``:
         the pixel 1-NN baseline on the same trials; ``koch_test_accuracy``:
         ``koch_tasks`` within-alphabet ``way``-way tasks on the test split;
-        ``verification_accuracy``: balanced held-out pairs of the test split.
+        ``verification_accuracy``: balanced held-out pairs of the test split;
+        with ``mnist``, ``mnist_10way_accuracy`` and ``mnist_10way_1nn``: 400
+        10-way one-shot tasks on MNIST digits, no retraining (paper: 70.3%);
+        with ``views > 1``, ``lake_runs_accuracy_tta`` and
+        ``koch_test_accuracy_tta``: the same tasks with test-time augmentation
+        over ``views`` views (see :class:`SiameseScorer`).
     """
     scorer = SiameseScorer(model)
     lake = lake_tasks(runs)
     koch = within_alphabet_tasks(test_split, koch_tasks, way=way, seed=seed)
-    return {
+    metrics = {
         "lake_runs_accuracy": accuracy(scorer(lake), lake),
         "lake_runs_1nn": accuracy(pixel_scorer(lake), lake),
         "koch_test_accuracy": accuracy(scorer(koch), koch),
         "verification_accuracy": verification_accuracy(model, test_split, seed=seed),
     }
+    if views > 1:
+        augmented = SiameseScorer(model, views=views, seed=seed)
+        metrics["lake_runs_accuracy_tta"] = accuracy(augmented(lake), lake)
+        metrics["koch_test_accuracy_tta"] = accuracy(augmented(koch), koch)
+    if mnist is not None:
+        digits = labelled_tasks(*mnist, num_tasks=400, way=10, seed=seed)
+        metrics["mnist_10way_accuracy"] = accuracy(scorer(digits), digits)
+        metrics["mnist_10way_1nn"] = accuracy(pixel_scorer(digits), digits)
+    return metrics

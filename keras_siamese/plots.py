@@ -1,26 +1,99 @@
-"""Pictures of runs and results, shared by the command line and the notebook.
+"""Pictures of the data, the model and its results, shared by the command line and the notebook.
 
-Every function draws onto a new matplotlib figure, saves it when given a path,
-and returns the figure. The Agg backend is used where there is no display.
+Every function draws onto a new matplotlib figure, saves it as a PNG of the figure's size at
+:data:`DPI` when given a path, and returns the figure. The Agg backend is used where there is no
+display.
+
+Images may be given in either polarity the project uses: uint8 Omniglot pixels (255 = paper,
+as loaded by :mod:`keras_siamese.data`) or float model inputs (1 = ink, as made by
+:func:`keras_siamese.preprocessing.to_model_input`); both are drawn as dark ink on white paper.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import matplotlib
 
 if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
     matplotlib.use("Agg")
 
+import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure, SubFigure  # noqa: E402
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.text import Annotation  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
+
+from keras_siamese.data import OmniglotImages  # noqa: E402
+from keras_siamese.evaluation import OneShotTasks, accuracy, accuracy_by_group  # noqa: E402
+from keras_siamese.model import twin_of  # noqa: E402
+
+DPI = 120
+"""Resolution of saved PNGs: a figure of ``w x h`` inches is saved as ``w*DPI x h*DPI`` pixels."""
+
+RIGHT = "#2ca02c"  # green: the right answer, a right pick
+WRONG = "#d62728"  # red: a wrong pick
+SAME = "#1f77b4"
+DIFFERENT = "#ff7f0e"
+SERIES = ("#1f77b4", "#a0a0a0", "#ff7f0e", "#9467bd")  # the network first, then baselines
 
 
-def _save(fig, path: str | Path | None):
+def _save(fig: Figure, path: str | Path | None) -> Figure:
     if path is not None:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        fig.savefig(path, dpi=DPI)
     return fig
+
+
+def _picture(image) -> np.ndarray:
+    """A 2-D float image with paper = 1 and ink = 0, from either polarity (see module doc)."""
+    image = np.asarray(image)
+    if image.ndim == 3:
+        image = image[..., 0]
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    return 1.0 - image.astype(np.float32)
+
+
+def _show(ax, image, frame: str = "#cccccc", linewidth: float = 0.8, linestyle: str = "-"):
+    """Draws one character image on `ax` with a thin frame and no ticks."""
+    ax.imshow(_picture(image), cmap="gray", vmin=0.0, vmax=1.0)
+    _frame(ax, frame, linewidth, linestyle)
+
+
+def _frame(ax, colour: str, linewidth: float = 0.8, linestyle: str = "-"):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(linewidth)
+        spine.set_linestyle(linestyle)
+
+
+def _mosaic(rows: Sequence[Sequence[np.ndarray]], columns: int, pad: int = 4) -> np.ndarray:
+    """Tiles rows of same-sized pictures into one image, padding short rows with paper."""
+    height, width = rows[0][0].shape
+    out = np.ones((len(rows) * (height + pad) + pad, columns * (width + pad) + pad), np.float32)
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row[:columns]):
+            top, left = pad + r * (height + pad), pad + c * (width + pad)
+            out[top : top + height, left : left + width] = tile
+    return out
+
+
+def _pretty(name: str) -> str:
+    return str(name).replace("_", " ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training curves
+# ---------------------------------------------------------------------------------------------
 
 
 def plot_learning_curves(history: dict[str, list[float]], path: str | Path | None = None):
@@ -42,6 +115,463 @@ def plot_learning_curves(history: dict[str, list[float]], path: str | Path | Non
             ax_acc.plot(epochs, history[key], marker=".", label=label)
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
     ax_acc.grid(alpha=0.3)
-    ax_acc.legend(loc="lower right")
+    ax_acc.legend(loc="best")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The data
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_alphabet_grid(
+    split: OmniglotImages,
+    alphabets: Sequence[str] | None = None,
+    *,
+    max_alphabets: int = 10,
+    characters: int = 12,
+    drawer: int | None = None,
+    path: str | Path | None = None,
+):
+    """A grid of alphabets (rows) and their first characters (columns), all by one drawer.
+
+    Args:
+        split: the images to draw from.
+        alphabets: the rows; by default up to ``max_alphabets`` spread over the split's
+            alphabets in alphabetical order.
+        characters: characters shown per alphabet.
+        drawer: whose drawings to show; by default the split's lowest drawer number.
+    """
+    every = [str(a) for a in np.unique(split.alphabet)]
+    if alphabets is None:
+        picks = np.linspace(0, len(every) - 1, min(max_alphabets, len(every))).round()
+        alphabets = [every[int(i)] for i in picks]
+    drawer = int(split.drawer.min()) if drawer is None else drawer
+    rows, labels = [], []
+    for name in alphabets:
+        in_alphabet = split.alphabet == name
+        shown = np.flatnonzero(in_alphabet & (split.drawer == drawer))[:characters]
+        rows.append([_picture(split.images[i]) for i in shown])
+        labels.append(f"{_pretty(name)} ({len(np.unique(split.character[in_alphabet]))})")
+    pad = 6
+    mosaic = _mosaic(rows, characters, pad)
+    tile = split.images.shape[1] + pad
+    # Fixed margins: room on the left for long alphabet names, on top for the title.
+    margin_left, margin_top, margin = 2.6, 0.45, 0.1
+    width = margin_left + 0.62 * characters + margin
+    height = margin_top + 0.62 * len(rows) * mosaic.shape[0] / (len(rows) * tile) + margin
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes(
+        (margin_left / width, margin / height, 1 - (margin_left + margin) / width,
+         1 - (margin_top + margin) / height)
+    )  # fmt: skip
+    ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, aspect="auto")
+    _frame(ax, "#cccccc")
+    ax.set_yticks(pad / 2 + tile * (np.arange(len(rows)) + 0.5), labels=labels)
+    ax.tick_params(axis="y", length=0)
+    ax.set_title(
+        f"{len(rows)} of {len(every)} alphabets (characters in each): the first "
+        f"{characters} characters, as drawn by drawer {drawer}",
+        fontsize=11,
+    )
+    return _save(fig, path)
+
+
+def plot_drawers(
+    split: OmniglotImages, character: int | None = None, *, path: str | Path | None = None
+):
+    """One character as drawn by each of its drawers (Omniglot has 20 per character).
+
+    Args:
+        split: the images to draw from.
+        character: the character id; by default the split's first.
+    """
+    character = int(split.character[0]) if character is None else character
+    shown = np.flatnonzero(split.character == character)
+    if not len(shown):
+        raise ValueError(f"character {character} is not in the split")
+    shown = shown[np.argsort(split.drawer[shown], kind="stable")]
+    columns = min(10, len(shown))
+    rows = math.ceil(len(shown) / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(1.15 * columns, 0.5 + 1.3 * rows), layout="constrained",
+        squeeze=False,
+    )  # fmt: skip
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, i in zip(axes.ravel(), shown):
+        ax.set_axis_on()
+        _show(ax, split.images[i])
+        ax.set_xlabel(f"drawer {split.drawer[i]}", fontsize=9)
+    fig.suptitle(
+        f"Character {character} of {_pretty(split.alphabet[shown[0]])}, "
+        f"once by each of {len(shown)} drawers"
+    )
+    return _save(fig, path)
+
+
+def plot_pairs(batch, n: int = 8, *, path: str | Path | None = None):
+    """Same and different pairs from :func:`keras_siamese.pairs.pair_dataset`, labelled.
+
+    Args:
+        batch: one element of the dataset, ``({"left": x1, "right": x2}, y)``.
+        n: pairs shown, half same and half different when the batch has both.
+    """
+    inputs, labels = batch
+    left, right = np.asarray(inputs["left"]), np.asarray(inputs["right"])
+    labels = np.asarray(labels).reshape(-1)
+    same = list(np.flatnonzero(labels > 0.5))
+    different = list(np.flatnonzero(labels <= 0.5))
+    order = []
+    while len(order) < min(n, len(labels)):
+        for pool in (same, different):
+            if pool and len(order) < n:
+                order.append(pool.pop(0))
+    fig, axes = plt.subplots(
+        2, len(order), figsize=(0.4 + 1.25 * len(order), 3.2), layout="constrained",
+        squeeze=False,
+    )  # fmt: skip
+    for column, i in enumerate(order):
+        is_same = labels[i] > 0.5
+        colour = SAME if is_same else DIFFERENT
+        _show(axes[0, column], left[i], colour, 2.0)
+        _show(axes[1, column], right[i], colour, 2.0)
+        axes[0, column].set_title(
+            f"{'same' if is_same else 'different'} (y={labels[i]:.0f})", color=colour, fontsize=10
+        )
+    axes[0, 0].set_ylabel("left")
+    axes[1, 0].set_ylabel("right")
+    size = left.shape[1]
+    fig.suptitle(f"Training pairs as the network sees them ({size}x{size} pixels)")
+    return _save(fig, path)
+
+
+def plot_distortions(
+    image,
+    n: int = 15,
+    *,
+    image_size: int = 105,
+    seed: int = 0,
+    distortion=None,
+    columns: int = 8,
+    path: str | Path | None = None,
+):
+    """One image and ``n`` random affine distortions of it (Koch et al., section 3.4).
+
+    Args:
+        image: one ``(H, W, 1)`` image in either polarity.
+        n: distorted copies.
+        image_size: side the image is resized to before distorting (as in training).
+        seed: seed of the distortions.
+        distortion: the ranges, by default the paper's
+            (:class:`keras_siamese.augmentation.Distortion`).
+    """
+    import tensorflow as tf
+
+    from keras_siamese.augmentation import Distortion, distort
+    from keras_siamese.preprocessing import to_model_input
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:  # a model input: back to Omniglot polarity for to_model_input
+        image = np.round(255.0 * (1.0 - image)).astype(np.uint8)
+    x = to_model_input(image[np.newaxis], image_size)
+    distorted = distort(
+        tf.repeat(x, n, axis=0), tf.constant([seed, 0], tf.int64), distortion or Distortion()
+    )
+    tiles = [x[0].numpy()] + list(distorted.numpy())
+    rows = math.ceil(len(tiles) / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(1.2 * columns, 0.55 + 1.25 * rows), layout="constrained",
+        squeeze=False,
+    )  # fmt: skip
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for k, (ax, tile) in enumerate(zip(axes.ravel(), tiles)):
+        ax.set_axis_on()
+        _show(ax, tile, "black" if k == 0 else "#cccccc", 2.0 if k == 0 else 0.8)
+    axes[0, 0].set_title("original", fontsize=10)
+    fig.suptitle(
+        f"{n} random distortions: rotation, shear, scale and shift, each with probability "
+        f"{(distortion or Distortion()).probability:g}",
+        fontsize=11,
+    )
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# One-shot tasks
+# ---------------------------------------------------------------------------------------------
+
+TASK_PANEL_SIZE = (12.0, 2.9)
+"""Inches of one task as drawn by :func:`plot_one_shot_task` and on a :func:`plot_task_sheet`."""
+SHEET_HEADING = 0.45
+"""Inches of the heading above the tasks of a :func:`plot_task_sheet`."""
+
+
+def _draw_task(fig: Figure | SubFigure, tasks: OneShotTasks, scores: np.ndarray, index: int):
+    """Draws task ``index`` into ``fig`` (a figure or subfigure of ``TASK_PANEL_SIZE`` inches)."""
+    width, height = TASK_PANEL_SIZE
+    way = tasks.way
+    answer = int(tasks.answers[index])
+    task_scores = np.asarray(scores[index], np.float64)
+    pick = int(np.argmax(task_scores))
+    right = pick == answer
+
+    # The query on the left; the candidates in a strip, each above its own bar.
+    query_side = 1.25
+    left = (0.25 + query_side + 0.75) / width
+    strip_width = 0.99 - left
+    tile = strip_width * width / way  # inches per candidate
+    strip_bottom = 0.68
+    ax_query = fig.add_axes((0.25 / width, 0.22, query_side / width, query_side / height))
+    _show(ax_query, tasks.images[tasks.queries[index]], "black", 1.5)
+    ax_query.set_title("query", fontsize=10)
+
+    ax_strip = fig.add_axes((left, strip_bottom, strip_width, tile / height))
+    pictures = [_picture(tasks.images[c]) for c in tasks.candidates[index]]
+    ax_strip.imshow(
+        _mosaic([pictures], way, pad=8), cmap="gray", vmin=0.0, vmax=1.0,
+        extent=(-0.5, way - 0.5, 1.0, 0.0), aspect="auto",
+    )  # fmt: skip
+    _frame(ax_strip, "white")
+    for k, colour, style in ((answer, RIGHT, "-"), (pick, RIGHT if right else WRONG, "-")):
+        ax_strip.add_patch(
+            Rectangle((k - 0.47, 0.03), 0.94, 0.94, fill=False, edgecolor=colour,
+                      linewidth=2.5, linestyle=style)
+        )  # fmt: skip
+
+    ax_bars = fig.add_axes((left, 0.16, strip_width, strip_bottom - 0.22))
+    colours = ["#b0b0b0"] * way
+    colours[answer] = RIGHT
+    colours[pick] = RIGHT if right else WRONG
+    ax_bars.set_xlim(-0.5, way - 0.5)
+    ax_bars.set_xticks(np.arange(way), labels=[str(k + 1) for k in range(way)], fontsize=8)
+    ax_bars.tick_params(axis="x", length=0)
+    if task_scores.min() >= 0.0 and task_scores.max() <= 1.0:  # probabilities
+        ax_bars.bar(np.arange(way), task_scores, width=0.7, color=colours)
+        ax_bars.set_ylim(0.0, 1.0)
+        ax_bars.set_ylabel("p(same)", fontsize=9)
+    else:  # other scores (e.g. minus a distance): bars rise from just below the lowest
+        spread = float(np.ptp(task_scores)) or 1.0
+        floor = float(task_scores.min()) - 0.1 * spread
+        ax_bars.bar(np.arange(way), task_scores - floor, bottom=floor, width=0.7, color=colours)
+        ax_bars.set_ylim(floor, float(task_scores.max()) + 0.05 * spread)
+        ax_bars.set_ylabel("score", fontsize=9)
+    ax_bars.tick_params(axis="y", labelsize=8)
+    ax_bars.grid(axis="y", alpha=0.3)
+    ax_bars.spines[["top", "right"]].set_visible(False)
+
+    group = tasks.groups[index]
+    trial = int(np.sum(tasks.groups[:index] == group)) + 1
+    verdict = (
+        f"right: picked candidate {pick + 1}"
+        if right
+        else f"wrong: picked candidate {pick + 1} (red), the answer is {answer + 1} (green)"
+    )
+    heading = fig.text(left, 0.92, f"{_pretty(group)}, trial {trial}:", fontsize=11, va="center")
+    fig.add_artist(
+        Annotation(
+            verdict, xy=(1.0, 0.5), xycoords=heading, xytext=(8, 0), textcoords="offset points",
+            va="center", fontsize=11, color=RIGHT if right else WRONG, fontweight="bold",
+        )
+    )  # fmt: skip
+
+
+def plot_one_shot_task(
+    tasks: OneShotTasks, scores: np.ndarray, index: int, *, path: str | Path | None = None
+):
+    """One ``way``-way task: the query, the candidates, their scores as bars, the pick marked.
+
+    The highest-scoring candidate is the pick: framed and coloured green when it is the
+    query's character, red otherwise (the right one then framed in green).
+
+    Args:
+        tasks: the tasks (see :mod:`keras_siamese.evaluation`).
+        scores: ``(T, way)`` scores of every task, higher meaning "same character".
+        index: the task to draw.
+    """
+    fig = plt.figure(figsize=TASK_PANEL_SIZE)
+    _draw_task(fig, tasks, scores, index)
+    return _save(fig, path)
+
+
+def plot_task_sheet(
+    tasks: OneShotTasks,
+    scores: np.ndarray,
+    indices: Sequence[int] | None = None,
+    *,
+    n: int = 6,
+    title: str | None = None,
+    path: str | Path | None = None,
+):
+    """Several tasks drawn as :func:`plot_one_shot_task` draws one, stacked on one sheet.
+
+    Args:
+        tasks: the tasks.
+        scores: ``(T, way)`` scores of every task.
+        indices: the tasks to draw; by default ``n`` spread evenly over all tasks.
+        title: a heading; by default how many of the drawn tasks were right.
+    """
+    if indices is None:
+        indices = np.linspace(0, len(tasks) - 1, min(n, len(tasks))).round().astype(int)
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise ValueError("no tasks to draw")
+    right = sum(int(np.argmax(scores[i]) == tasks.answers[i]) for i in indices)
+    width, height = TASK_PANEL_SIZE
+    fig = plt.figure(figsize=(width, SHEET_HEADING + height * len(indices)))
+    top, *panels = fig.subfigures(
+        len(indices) + 1, 1, height_ratios=[SHEET_HEADING] + [height] * len(indices)
+    )
+    top.text(
+        0.01, 0.4,
+        title or f"{len(indices)} one-shot tasks: {right} right, {len(indices) - right} wrong",
+        fontsize=13, fontweight="bold", va="center",
+    )  # fmt: skip
+    for panel, i in zip(panels, indices):
+        _draw_task(panel, tasks, scores, i)
+    return _save(fig, path)
+
+
+def plot_accuracy_by_group(
+    tasks: OneShotTasks,
+    scores: Mapping[str, np.ndarray],
+    *,
+    title: str | None = None,
+    path: str | Path | None = None,
+):
+    """Accuracy per group of tasks (alphabet or run), one bar per scorer, with chance marked.
+
+    Args:
+        tasks: the tasks; their ``groups`` are the rows.
+        scores: scorer name -> ``(T, way)`` scores, e.g. the network and the pixel 1-NN
+            baseline; the first is drawn in blue.
+        title: a heading; by default the task's way.
+    """
+    groups = [str(g) for g in np.unique(tasks.groups)]
+    per_group = {name: accuracy_by_group(s, tasks) for name, s in scores.items()}
+    count = len(scores)
+    fig, ax = plt.subplots(
+        figsize=(8.0, 1.6 + 0.17 * len(groups) * max(2, count)), layout="constrained"
+    )
+    bar = 0.8 / count
+    for j, (name, values) in enumerate(per_group.items()):
+        offset = (j - (count - 1) / 2) * bar
+        ax.barh(
+            np.arange(len(groups)) + offset, [values[g] for g in groups], height=0.92 * bar,
+            color=SERIES[j % len(SERIES)],
+            label=f"{name}: {accuracy(scores[name], tasks):.1%} overall",
+        )  # fmt: skip
+    ax.axvline(1.0 / tasks.way, color="black", linestyle="--", linewidth=1, zorder=3,
+               label=f"chance ({1.0 / tasks.way:.0%})")  # fmt: skip
+    ax.set_yticks(np.arange(len(groups)), labels=[_pretty(g) for g in groups])
+    ax.set_ylim(len(groups) - 0.5, -0.5)
+    ax.set_xlim(0.0, 1.0)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel(f"{tasks.way}-way one-shot accuracy ({len(tasks)} tasks)")
+    ax.set_title(title or f"{tasks.way}-way one-shot accuracy per group")
+    fig.legend(loc="outside lower center", ncols=count + 1, fontsize=9, frameon=False)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the network learned
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_filters(model: keras.Model, *, columns: int = 16, path: str | Path | None = None):
+    """The first convolution's filters of a Siamese model's twin, one tile each.
+
+    Each filter is scaled to its own range: light pixels are its largest weights. A filter
+    that has learned to detect strokes shows oriented light and dark bands.
+    """
+    conv = twin_of(model).get_layer("conv1")
+    kernel = keras.ops.convert_to_numpy(conv.kernel).astype(np.float32)  # (k, k, 1, F)
+    size, filters = kernel.shape[0], kernel.shape[-1]
+    columns = min(columns, filters)
+    rows = math.ceil(filters / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(0.2 + 0.75 * columns, 0.6 + 0.75 * rows), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for f, ax in zip(range(filters), axes.ravel()):
+        weights = kernel[:, :, 0, f]
+        ax.imshow(weights, cmap="gray", interpolation="nearest")
+        ax.set_axis_on()
+        _frame(ax, "#888888", 0.5)
+    fig.suptitle(f"conv1: {filters} filters of {size}x{size} (light = large weights)")
+    return _save(fig, path)
+
+
+def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Projects ``(N, d)`` features onto their first two principal components.
+
+    Returns:
+        ``(N, 2)`` coordinates and the fraction of the variance each component explains.
+    """
+    x = np.asarray(features, np.float64).reshape(len(features), -1)
+    x = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    total = float(np.sum(s**2)) or 1.0
+    coords = u[:, :2] * s[:2]
+    if coords.shape[1] < 2:  # one feature only
+        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+    return coords.astype(np.float32), np.pad(s[:2] ** 2 / total, (0, max(0, 2 - len(s))))
+
+
+def plot_embeddings(
+    features: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    images: np.ndarray | None = None,
+    title: str | None = None,
+    path: str | Path | None = None,
+):
+    """2-D PCA projections of features, one panel per feature space, coloured by character.
+
+    Args:
+        features: panel title -> ``(N, ...)`` features of the same ``N`` images, e.g. raw
+            pixels and the twin's embeddings.
+        labels: ``(N,)`` character of each image.
+        images: ``(N, H, W, 1)`` the images; when given, each character's first image is
+            drawn at the centre of its points (in place of a legend).
+        title: a heading.
+    """
+    labels = np.asarray(labels)
+    classes = list(dict.fromkeys(labels.tolist()))
+    palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    colours = {c: palette(k % palette.N) for k, c in enumerate(classes)}
+    fig, axes = plt.subplots(
+        1, len(features), figsize=(5.4 * len(features), 5.4), squeeze=False, layout="constrained"
+    )
+    for ax, (name, values) in zip(axes[0], features.items()):
+        coords, explained = pca_2d(values)
+        for c in classes:
+            mine = labels == c
+            ax.scatter(*coords[mine].T, s=16, color=colours[c], alpha=0.75, label=str(c))
+            if images is not None:
+                first = int(np.flatnonzero(mine)[0])
+                thumbnail = OffsetImage(_picture(images[first]), cmap="gray", zoom=0.32,
+                                        norm=Normalize(0.0, 1.0))  # fmt: skip
+                ax.add_artist(
+                    AnnotationBbox(
+                        thumbnail, coords[mine].mean(axis=0), frameon=True, pad=0.1,
+                        bboxprops={"edgecolor": colours[c], "linewidth": 2},
+                    )
+                )  # fmt: skip
+        ax.set_xlabel(f"principal component 1 ({explained[0]:.0%} of variance)")
+        ax.set_ylabel(f"principal component 2 ({explained[1]:.0%} of variance)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if images is None:
+            ax.legend(title="character", fontsize=8, ncols=2)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

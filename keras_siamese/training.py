@@ -7,7 +7,9 @@ A run folder holds everything a run produced::
     tensorboard/         TensorBoard logs
     backup/              BackupAndRestore state while training (a killed run resumes)
     best.keras           the model with the best one-shot validation accuracy
-    learning_curves.png  loss and one-shot accuracy per epoch
+    learning_curves.png  loss and one-shot accuracy per epoch (written by keras_siamese.fit)
+    one_shot_tasks.png   a few of Lake's trials as the model scored them (keras_siamese.fit)
+    metrics.json         the evaluation (keras_siamese.fit)
 """
 
 from __future__ import annotations

@@ -264,3 +264,64 @@ def test_runs_zip_with_missing_files(tmp_path):
         archive.writestr("run01/training/class01.png", _png())
     with pytest.raises(data.OmniglotDataError, match="missing"):
         data.load_lake_runs(tmp_path)
+
+
+def test_lake_run_files_are_the_zip_pngs(lake_runs):
+    assert lake_runs.training_files.shape == lake_runs.test_files.shape == (20, 20)
+    for files, images in ((lake_runs.training_files, lake_runs.training), (lake_runs.test_files, lake_runs.test)):
+        for run, index in ((0, 0), (7, 13), (19, 19)):
+            with Image.open(io.BytesIO(files[run, index])) as image:
+                assert image.format == "PNG"
+                np.testing.assert_array_equal(np.asarray(image.convert("L"))[..., None], images[run, index])
+
+
+# --- MNIST -------------------------------------------------------------------------------
+
+MNIST_DIR = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+
+
+def test_mnist_test_set_in_omniglot_polarity():
+    images, labels = data.load_mnist_test(MNIST_DIR)
+    assert images.shape == (10000, 28, 28, 1) and images.dtype == np.uint8
+    np.testing.assert_array_equal(
+        np.bincount(labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    )
+    # Inverted: mostly white paper (255) with dark strokes, as Omniglot.
+    assert np.median(images) == 255
+    assert (images[0] < 128).mean() > 0.05
+
+
+def test_mnist_found_beside_the_checkout_or_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.MNIST_DIR_ENV, raising=False)
+    assert len(data.load_mnist_test()[0]) == 10000
+    monkeypatch.setenv(data.MNIST_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(data.MnistDataError, match="MNIST folder not found"):
+        data.load_mnist_test()
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "file not found"),
+        (b"not gzip at all", "not a readable gzip file"),
+        ("wrong magic", "not an IDX file"),
+        ("truncated", "data bytes"),
+    ],
+)
+def test_bad_mnist_files(tmp_path, content, problem):
+    import gzip
+
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        source = (MNIST_DIR / name).read_bytes()
+        raw = gzip.decompress(source)
+        if name.startswith("t10k-images"):
+            if content is None:
+                continue
+            if content == "wrong magic":
+                raw = (1234).to_bytes(4, "big") + raw[4:]
+            elif content == "truncated":
+                raw = raw[:-100]
+            source = content if isinstance(content, bytes) else gzip.compress(raw)
+        (tmp_path / name).write_bytes(source)
+    with pytest.raises(data.MnistDataError, match=problem):
+        data.load_mnist_test(tmp_path)

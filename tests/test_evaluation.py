@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from keras_siamese import evaluation
+from keras_siamese.augmentation import Distortion
 from keras_siamese.model import build_siamese, head_of
 from keras_siamese.preprocessing import to_model_input
 
@@ -129,7 +130,7 @@ def test_verification_accuracy_of_a_constant_model_is_one_half(small_config, tes
 
 
 def test_evaluate_reports_the_four_numbers(small_model, test_split, lake_runs):
-    metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20)
+    metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20, views=1)
     assert set(metrics) == {
         "lake_runs_accuracy",
         "lake_runs_1nn",
@@ -139,3 +140,70 @@ def test_evaluate_reports_the_four_numbers(small_model, test_split, lake_runs):
     assert all(0.0 <= value <= 1.0 for value in metrics.values())
     lake = evaluation.lake_tasks(lake_runs)
     assert metrics["lake_runs_1nn"] == evaluation.accuracy(evaluation.pixel_scorer(lake), lake)
+
+
+def test_accuracy_by_group_and_hardest_mistakes():
+    tasks = evaluation.OneShotTasks(
+        images=np.zeros((1, 1, 1, 1), np.uint8),
+        queries=np.zeros(4, int),
+        candidates=np.zeros((4, 3), int),
+        answers=np.array([0, 1, 2, 2]),
+        groups=np.array(["b", "a", "b", "a"]),
+    )
+    scores = np.array([[0.9, 0.1, 0.0], [0.8, 0.1, 0.1], [0.5, 0.2, 0.3], [0.0, 0.0, 1.0]])
+    assert evaluation.accuracy_by_group(scores, tasks) == {"a": 0.5, "b": 0.5}
+    # Task 1 is wrong by 0.7, task 2 by 0.2; the right tasks are not mistakes.
+    np.testing.assert_array_equal(evaluation.hardest_mistakes(scores, tasks, 5), [1, 2])
+    np.testing.assert_array_equal(evaluation.hardest_mistakes(scores, tasks, 1), [1])
+
+
+def test_labelled_tasks_are_one_shot_tasks_over_the_labels():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 5)
+    images = rng.integers(0, 256, (len(labels), 4, 4, 1), dtype=np.uint8)
+    tasks = evaluation.labelled_tasks(images, labels, num_tasks=50, way=10, seed=3)
+    assert len(tasks) == 50 and tasks.way == 10
+    for q, candidates, answer in zip(tasks.queries, tasks.candidates, tasks.answers):
+        assert len(set(labels[candidates])) == 10  # one candidate per class
+        assert labels[q] == labels[candidates[answer]] and q != candidates[answer]
+    with pytest.raises(ValueError, match="need 13 classes"):
+        evaluation.labelled_tasks(images, labels, way=13)
+
+
+def test_evaluate_with_mnist_adds_the_transfer_figures(small_model, test_split, lake_runs):
+    from keras_siamese import data
+
+    mnist = data.load_mnist_test()
+    metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20, mnist=mnist)
+    assert 0.0 <= metrics["mnist_10way_accuracy"] <= 1.0
+    digits = evaluation.labelled_tasks(*mnist, num_tasks=400, way=10, seed=0)
+    assert metrics["mnist_10way_1nn"] == evaluation.accuracy(evaluation.pixel_scorer(digits), digits)
+
+
+# --- Test-time augmentation -----------------------------------------------------------------
+
+
+def test_test_time_augmentation_with_identity_distortions_changes_nothing(small_model, lake):
+    plain = evaluation.SiameseScorer(small_model)(lake)
+    one_view = evaluation.SiameseScorer(small_model, views=1)(lake)
+    identity = Distortion(probability=0.0)  # every view is the image itself
+    augmented = evaluation.SiameseScorer(small_model, views=3, distortion=identity)(lake)
+    np.testing.assert_array_equal(one_view, plain)
+    np.testing.assert_allclose(augmented, plain, atol=1e-6)
+
+
+def test_test_time_augmentation_averages_distorted_views(small_model, koch_tasks):
+    plain = evaluation.SiameseScorer(small_model)(koch_tasks)
+    scorer = evaluation.SiameseScorer(small_model, views=4, seed=1)
+    augmented = scorer(koch_tasks)
+    assert augmented.shape == plain.shape and ((augmented >= 0) & (augmented <= 1)).all()
+    assert not np.allclose(augmented, plain)
+    np.testing.assert_array_equal(augmented, scorer(koch_tasks))  # seeded: repeatable
+    other_seed = evaluation.SiameseScorer(small_model, views=4, seed=2)(koch_tasks)
+    assert not np.allclose(augmented, other_seed)
+
+
+def test_evaluate_reports_test_time_augmentation(small_model, test_split, lake_runs):
+    metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20, views=2)
+    assert 0.0 <= metrics["lake_runs_accuracy_tta"] <= 1.0
+    assert 0.0 <= metrics["koch_test_accuracy_tta"] <= 1.0

@@ -7,8 +7,9 @@ import re
 
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from keras_siamese import export
+from keras_siamese import export, plots
 
 OPTIONS = [
     "--preset",
@@ -82,7 +83,8 @@ def test_fit_command_end_to_end(fit_run):
     result, root = fit_run
     assert result.returncode == 0, result.stderr[-5000:]
     match = re.search(
-        r"Lake's 20 runs, 20-way one-shot: ([\d.]+)% \(pixel 1-NN baseline: ([\d.]+)%\)",
+        r"Lake's 20 runs, 20-way one-shot: ([\d.]+)%; with test-time augmentation: [\d.]+% "
+        r"\(pixel 1-NN baseline: ([\d.]+)%\)",
         result.stdout,
     )
     assert match, result.stdout[-3000:]
@@ -91,8 +93,13 @@ def test_fit_command_end_to_end(fit_run):
     assert len(runs) == 1 and runs[0].name.endswith("-smoke-seed0")
     run_dir = runs[0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("lake_runs_accuracy", "lake_runs_1nn", "koch_test_accuracy", "verification_accuracy"):
+    for key in (
+        "lake_runs_accuracy", "lake_runs_accuracy_tta", "lake_runs_1nn", "koch_test_accuracy",
+        "koch_test_accuracy_tta", "verification_accuracy", "mnist_10way_accuracy", "mnist_10way_1nn",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
+    assert 0 < metrics["peak_memory_mib"] < 4096
+    assert "MNIST 10-way one-shot, no retraining:" in result.stdout
     assert float(match.group(1)) == pytest.approx(100 * metrics["lake_runs_accuracy"], abs=0.051)
     assert float(match.group(2)) == pytest.approx(100 * metrics["lake_runs_1nn"], abs=0.051)
     assert 0.15 <= metrics["lake_runs_1nn"] <= 0.30
@@ -103,9 +110,16 @@ def test_fit_command_end_to_end(fit_run):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["preset"] == "smoke" and config["epochs"] == 1 and config["steps_per_epoch"] == 5
 
-    plot = run_dir / "learning_curves.png"
-    assert plot.stat().st_size > 1000
-    assert plot.read_bytes()[:8] == PNG_SIGNATURE
+    for name in ("learning_curves.png", "one_shot_tasks.png"):
+        plot = run_dir / name
+        assert plot.stat().st_size > 1000, name
+        assert plot.read_bytes()[:8] == PNG_SIGNATURE, name
+    # The task sheet: a heading and six of Lake's trials.
+    panel_width, panel_height = plots.TASK_PANEL_SIZE
+    with Image.open(run_dir / "one_shot_tasks.png") as sheet:
+        width, height = sheet.size
+    assert abs(width - plots.DPI * panel_width) <= 1
+    assert abs(height - plots.DPI * (plots.SHEET_HEADING + 6 * panel_height)) <= 1
 
 
 def test_fit_command_exports_a_servable_model(fit_run):

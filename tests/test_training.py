@@ -14,6 +14,7 @@ from keras_siamese import training
 from keras_siamese.config import TrainConfig
 from keras_siamese.evaluation import SiameseScorer, accuracy, within_alphabet_tasks
 from keras_siamese.model import build_siamese
+from keras_siamese.pairs import pair_dataset
 
 
 def _log_rows(run_dir) -> list[dict[str, str]]:
@@ -140,3 +141,19 @@ def test_a_killed_run_resumes_from_its_last_epoch(
     assert not (run_dir / "backup").exists()
     assert (run_dir / "best.keras").is_file()
     assert model.count_params() == build_siamese(run_config.model).count_params()
+
+
+@pytest.mark.parametrize("name", sorted(config_module.PRESETS))
+def test_every_preset_resolves_and_trains_a_few_steps(name, splits):
+    """Each preset's network, optimiser and pipeline, at a tiny batch (speed is bench/'s job)."""
+    config = config_module.preset(name)
+    assert config.preset == name
+    assert config_module.TrainConfig.from_json(config.to_json()) == config
+    model = build_siamese(config.model)
+    model.compile(optimizer=training.make_optimizer(config), loss="binary_crossentropy")
+    pairs = pair_dataset(
+        splits["train"], image_size=config.model.image_size, batch_size=4, steps=2, seed=0,
+        within_alphabet=config.within_alphabet,
+    )
+    history = model.fit(pairs, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()

@@ -1,0 +1,174 @@
+"""Tests for keras_siamese.plots: every picture is a non-empty PNG of the figure's size.
+
+Real Omniglot images and Lake's runs, scored by a tiny untrained network.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.text import Text
+from PIL import Image
+
+from keras_siamese import evaluation, plots
+from keras_siamese.model import build_siamese
+from keras_siamese.pairs import pair_dataset
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plots.plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def model(small_config):
+    return build_siamese(small_config(paper_init=False))
+
+
+@pytest.fixture(scope="module")
+def lake(lake_runs):
+    return evaluation.lake_tasks(lake_runs)
+
+
+@pytest.fixture(scope="module")
+def lake_scores(model, lake):
+    return evaluation.SiameseScorer(model)(lake)
+
+
+def check_png(path, fig, min_size=(600, 150), max_size=(2400, 3000)) -> Image.Image:
+    """The file is a PNG of the figure's size at plots.DPI, within sensible bounds, not blank."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > 5000
+    width, height = fig.get_size_inches() * plots.DPI
+    with Image.open(path) as image:
+        image.load()
+    assert image.format == "PNG"
+    # Matplotlib rounds fractional pixels down or to nearest depending on the size.
+    assert abs(image.width - width) <= 1 and abs(image.height - height) <= 1, image.size
+    assert min_size[0] <= image.width <= max_size[0], image.size
+    assert min_size[1] <= image.height <= max_size[1], image.size
+    grey = np.asarray(image.convert("L"))
+    assert grey.min() < 64 and grey.max() > 200  # ink and paper, not a blank canvas
+    return image
+
+
+def test_learning_curves(tmp_path):
+    history = {"epoch": [0, 1, 2], "loss": [0.7, 0.6, 0.5], "val_loss": [0.7, 0.65, 0.6],
+               "accuracy": [0.5, 0.6, 0.7], "val_one_shot_accuracy": [0.1, 0.2, 0.3]}  # fmt: skip
+    fig = plots.plot_learning_curves(history, tmp_path / "curves.png")
+    image = check_png(tmp_path / "curves.png", fig)
+    assert image.size == (11 * plots.DPI, 4 * plots.DPI)  # 11 x 4 inches
+
+
+def test_alphabet_grid(omniglot, tmp_path):
+    fig = plots.plot_alphabet_grid(omniglot["background"], characters=12, path=tmp_path / "g.png")
+    image = check_png(tmp_path / "g.png", fig)
+    assert image.width > image.height  # 12 characters across, 10 alphabets down
+    picked = plots.plot_alphabet_grid(
+        omniglot["evaluation"], ["Tengwar", "Atlantean"], characters=5, drawer=20
+    )
+    assert picked.get_size_inches()[1] < fig.get_size_inches()[1] / 3  # two rows only
+
+
+def test_drawers(omniglot, tmp_path):
+    fig = plots.plot_drawers(omniglot["background"], path=tmp_path / "d.png")
+    check_png(tmp_path / "d.png", fig)
+    assert "20 drawers" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="not in the split"):
+        plots.plot_drawers(omniglot["background"], character=99999)
+
+
+def test_pairs(splits, tmp_path):
+    ds = pair_dataset(splits["train"], image_size=28, batch_size=16, steps=1, seed=0)
+    fig = plots.plot_pairs(next(iter(ds)), n=8, path=tmp_path / "p.png")
+    check_png(tmp_path / "p.png", fig)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles.count("same (y=1)") == 4 and titles.count("different (y=0)") == 4
+
+
+def test_distortions(splits, tmp_path):
+    fig = plots.plot_distortions(splits["train"].images[0], n=15, path=tmp_path / "x.png")
+    check_png(tmp_path / "x.png", fig)
+    pictures = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert len(pictures) == 16 and pictures[0].shape == (105, 105)
+    # The copies are distorted: most differ from the original.
+    assert sum(not np.allclose(p, pictures[0]) for p in pictures[1:]) >= 10
+
+
+def test_one_shot_task(lake, lake_scores, tmp_path):
+    fig = plots.plot_one_shot_task(lake, lake_scores, 0, path=tmp_path / "t.png")
+    image = check_png(tmp_path / "t.png", fig)
+    assert np.allclose(image.size, np.multiply(plots.TASK_PANEL_SIZE, plots.DPI), atol=1)
+    right = int(np.argmax(lake_scores[0])) == lake.answers[0]
+    texts = " ".join(t.get_text() for t in fig.findobj(Text))
+    assert ("right: picked" if right else "wrong: picked") in texts
+    assert "run01, trial 1" in texts
+    # Pixel 1-NN scores are minus distances: drawn too.
+    pixel_scores = evaluation.pixel_scorer(lake)
+    pixel = plots.plot_one_shot_task(lake, pixel_scores, 7, path=tmp_path / "n.png")
+    check_png(tmp_path / "n.png", pixel)
+
+
+def test_task_sheet(lake, lake_scores, tmp_path):
+    fig = plots.plot_task_sheet(lake, lake_scores, path=tmp_path / "s.png")
+    image = check_png(tmp_path / "s.png", fig)
+    width, height = plots.TASK_PANEL_SIZE
+    expected = (plots.DPI * width, plots.DPI * (plots.SHEET_HEADING + 6 * height))
+    assert np.allclose(image.size, expected, atol=1)
+    mistakes = evaluation.hardest_mistakes(lake_scores, lake, 2)
+    two = plots.plot_task_sheet(lake, lake_scores, mistakes, title="mistakes")
+    assert two.get_size_inches()[1] == pytest.approx(plots.SHEET_HEADING + 2 * height)
+
+
+def test_accuracy_by_group(lake, lake_scores, splits, model, tmp_path):
+    scores = {"network": lake_scores, "pixel 1-NN": evaluation.pixel_scorer(lake)}
+    fig = plots.plot_accuracy_by_group(lake, scores, title="Lake", path=tmp_path / "a.png")
+    check_png(tmp_path / "a.png", fig)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"run{r:02d}" for r in range(1, 21)]
+    assert len(ax.patches) == 40  # two bars per run
+    koch = evaluation.within_alphabet_tasks(splits["test"], 40, seed=0)
+    by_alphabet = plots.plot_accuracy_by_group(
+        koch, {"network": evaluation.SiameseScorer(model)(koch)}, path=tmp_path / "b.png"
+    )
+    check_png(tmp_path / "b.png", by_alphabet)
+    assert len(by_alphabet.axes[0].get_yticklabels()) == 10
+
+
+def test_filters(model, tmp_path):
+    fig = plots.plot_filters(model, path=tmp_path / "f.png")
+    check_png(tmp_path / "f.png", fig)
+    assert sum(1 for ax in fig.axes if ax.images) == model.get_layer("twin").get_layer(
+        "conv1"
+    ).filters
+
+
+def test_embeddings(omniglot, model, tmp_path):
+    evaluation_split = omniglot["evaluation"]
+    characters = np.unique(evaluation_split.character)[:6]
+    mask = np.isin(evaluation_split.character, characters)
+    images = evaluation_split.images[mask]
+    embeddings = evaluation.SiameseScorer(model).embed(images)
+    fig = plots.plot_embeddings(
+        {"pixels": images, "embeddings": embeddings}, evaluation_split.character[mask],
+        images=images, title="six characters", path=tmp_path / "e.png",
+    )  # fmt: skip
+    check_png(tmp_path / "e.png", fig)
+    assert len(fig.axes) == 2
+    assert all(len(ax.collections) == 6 for ax in fig.axes)  # one scatter per character
+    legend = plots.plot_embeddings({"e": embeddings}, evaluation_split.character[mask])
+    assert legend.axes[0].get_legend() is not None
+
+
+def test_pca_2d_finds_the_main_directions():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)) * np.array([10.0, 3.0, 0.1, 0.1, 0.1])
+    coords, explained = plots.pca_2d(x)
+    assert coords.shape == (200, 2)
+    np.testing.assert_allclose(np.abs(np.corrcoef(coords[:, 0], x[:, 0])[0, 1]), 1.0, atol=1e-3)
+    np.testing.assert_allclose(np.abs(np.corrcoef(coords[:, 1], x[:, 1])[0, 1]), 1.0, atol=1e-2)
+    assert explained[0] > explained[1] > 0 and explained.sum() > 0.99

@@ -29,8 +29,9 @@ def _parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         default=DEFAULT_PRESET,
-        help="starting configuration: 'cpu' trains in under 20 minutes on 2 CPU cores; "
-        "'koch2015' is the paper's protocol at 105x105 (meant for a GPU); "
+        help="starting configuration: 'cpu' trains in under 20 minutes on 2 CPU cores, "
+        "'cpu-long' in under an hour; 'koch2015' is the paper's protocol at 105x105 "
+        "(meant for a GPU); "
         "'smoke' is a tiny network for trying the pipeline",
     )
     data = parser.add_argument_group("data")
@@ -57,8 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     over = parser.add_argument_group("overrides (default: the preset's value)")
     for field in ("seed", "epochs", "steps_per_epoch", "batch_size", "patience", "image_size"):
         over.add_argument(f"--{field.replace('_', '-')}", type=int, default=None)
-    for field in ("learning_rate", "within_alphabet", "max_minutes"):
+    for field in ("learning_rate", "within_alphabet"):
         over.add_argument(f"--{field.replace('_', '-')}", type=float, default=None)
+    over.add_argument("--max-minutes", type=float, default=None,
+                      help="stop training after the first epoch past this (0: no limit)")
     over.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
     over.add_argument(
         "--mixed-precision",
@@ -66,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="bfloat16 compute (about 4x faster on CPUs with AMX or AVX-512 BF16)",
     )
+    over.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                      help="batch normalisation after each convolution")
     over.add_argument("--distort", action=argparse.BooleanOptionalAction, default=None,
                       help="the paper's affine distortions of training pairs")
     return parser
@@ -77,7 +82,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         name: value
         for name, value in vars(args).items()
         if value is not None
-        and name in {f.name for f in dataclasses.fields(TrainConfig)} | {"image_size", "mixed_precision"}
+        and name in {f.name for f in dataclasses.fields(TrainConfig)} | {"image_size", "mixed_precision", "batch_norm"}
         and name != "preset"
     }
     if args.resume:

@@ -575,3 +575,31 @@ def plot_embeddings(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_accuracy_versus_time(
+    runs: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    targets: Mapping[str, float] | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """One-shot accuracy against training time, one line per run.
+
+    Args:
+        runs: label to ``(minutes, accuracy)``, e.g. each epoch's end and its validation
+            one-shot accuracy (``training.epoch_minutes`` and the run's history).
+        targets: label to accuracy, drawn as horizontal reference lines (the paper's figure).
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for (label, (minutes, values)), colour in zip(runs.items(), SERIES * 4):
+        ax.plot(minutes, values, marker=".", color=colour, label=label)
+    for label, value in (targets or {}).items():
+        ax.axhline(value, color="#555555", linestyle="--", linewidth=0.8)
+        ax.annotate(label, (0, value), xycoords=("axes fraction", "data"),
+                    xytext=(4, 3), textcoords="offset points", fontsize=8, color="#555555")
+    ax.set(xlabel="training time (minutes)", ylabel="20-way one-shot accuracy", ylim=(0, 1))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -11,7 +11,9 @@ bodies and ``{"error": "..."}`` errors:
 - ``GET  /v1/models/<name>[/versions/<v>]``: model status;
 - ``GET  /v1/models/<name>[/versions/<v>]/metadata``: signature definitions;
 - ``POST /v1/models/<name>[/versions/<v>]:predict``: any signature, row
-  (``instances``) or columnar (``inputs``) requests, ``{"b64": ...}`` strings.
+  (``instances``) or columnar (``inputs``) requests, ``{"b64": ...}`` strings;
+- over gRPC (``--port``, with ``tensorflow-serving-api`` installed),
+  ``PredictionService.Predict`` and ``ModelService.GetModelStatus``.
 
 As TF Serving does by default, it serves the highest version under the base
 path and polls the folder for new versions (``--file_system_poll_wait_seconds``),
@@ -19,9 +21,10 @@ loading a new one before unloading the old; a version that fails to load is
 reported in the model status and the previous one stays in service. It binds
 to loopback by default and refuses requests over ``--max_request_bytes``.
 
-Differences from TF Serving (see the README): REST only (no gRPC port), one
-model per server (no ``--model_config_file``), no ``:classify``/``:regress``
-(answered 501), no request batching, and error messages of its own wording.
+Differences from TF Serving (see the README): gRPC offers only Predict and
+GetModelStatus, one model per server (no ``--model_config_file``), no
+``:classify``/``:regress`` (answered 501), no request batching, and error
+messages of its own wording.
 """
 
 from __future__ import annotations
@@ -202,35 +205,52 @@ class ModelServer:
             "metadata": {"signature_def": {"signature_def": loaded.signature_defs}},
         }
 
-    def predict(self, name: str, version: str | None, body: Any) -> dict:
-        """TF Serving's REST predict: row or columnar request, same-format response."""
-        _, loaded = self._version(name, version)
-        if not isinstance(body, dict):
-            raise ServingError(400, "the request body must be a JSON object")
-        signature_name = body.get("signature_name", "serving_default")
-        if signature_name not in loaded.signatures:
-            raise ServingError(
-                400,
-                f'Serving signature name: "{signature_name}" not found in signature def; '
-                f"available: {sorted(loaded.signatures)}",
-            )
-        function = loaded.signatures[signature_name]
+    def run(
+        self, name: str, version: str | None, signature_name: str, inputs: dict[str, Any]
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        """Runs a signature on named input values (JSON lists or numpy arrays).
+
+        Returns the version that answered and the outputs; bad input is a ``ServingError``.
+        """
+        number, loaded = self._version(name, version)
+        function = _signature(loaded, signature_name)
         specs = function.structured_input_signature[1]
-        if ("instances" in body) == ("inputs" in body):
-            raise ServingError(400, 'the request needs exactly one of "instances" or "inputs"')
-        row = "instances" in body
-        named = _row_inputs(body["instances"], specs) if row else _columnar_inputs(body["inputs"], specs)
-        tensors = {key: _to_tensor(value, specs[key], key) for key, value in named.items()}
+        if set(inputs) != set(specs):
+            raise ServingError(400, f"inputs {sorted(inputs)} given; the signature takes {sorted(specs)}")
+        tensors = {key: _to_tensor(value, specs[key], key) for key, value in inputs.items()}
         try:
             outputs = function(**tensors)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
             raise ServingError(400, _tf_message(error)) from None
-        outputs = {key: value.numpy() for key, value in outputs.items()}
+        return number, {key: value.numpy() for key, value in outputs.items()}
+
+    def predict(self, name: str, version: str | None, body: Any) -> dict:
+        """TF Serving's REST predict: row or columnar request, same-format response."""
+        _, loaded = self._version(name, version)  # an unknown model or version: 404 first
+        if not isinstance(body, dict):
+            raise ServingError(400, "the request body must be a JSON object")
+        if ("instances" in body) == ("inputs" in body):
+            raise ServingError(400, 'the request needs exactly one of "instances" or "inputs"')
+        signature_name = body.get("signature_name", "serving_default")
+        specs = _signature(loaded, signature_name).structured_input_signature[1]
+        row = "instances" in body
+        named = _row_inputs(body["instances"], specs) if row else _columnar_inputs(body["inputs"], specs)
+        _, outputs = self.run(name, version, signature_name, named)
         if row:
             return {"predictions": _row_outputs(outputs)}
         if len(outputs) == 1:
             return {"outputs": _jsonable(next(iter(outputs.values())))}
         return {"outputs": {key: _jsonable(value) for key, value in outputs.items()}}
+
+
+def _signature(loaded: _Version, signature_name: str):
+    if signature_name not in loaded.signatures:
+        raise ServingError(
+            400,
+            f'Serving signature name: "{signature_name}" not found in signature def; '
+            f"available: {sorted(loaded.signatures)}",
+        )
+    return loaded.signatures[signature_name]
 
 
 def _row_inputs(instances: Any, specs: dict[str, tf.TensorSpec]) -> dict[str, list]:
@@ -325,6 +345,87 @@ def _tf_message(error: Exception) -> str:
     return (useful or lines or [type(error).__name__])[0]
 
 
+# How TF Serving's gRPC API reports what the REST API answers with these HTTP statuses.
+_GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED", 501: "UNIMPLEMENTED"}
+
+
+def create_grpc_server(
+    server: ModelServer,
+    address: str,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    threads: int = 4,
+):
+    """TF Serving's gRPC ``PredictionService.Predict`` and ``ModelService.GetModelStatus``.
+
+    Needs ``tensorflow-serving-api`` (its protos and service stubs). Returns the started
+    ``grpc.Server`` and the port it bound (``address`` may end in ``:0``).
+    """
+    from concurrent import futures
+
+    import grpc
+    from tensorflow_serving.apis import (
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    def abort(context, error: ServingError):
+        code = getattr(grpc.StatusCode, _GRPC_CODES.get(error.status, "INTERNAL"))
+        context.abort(code, error.message)
+
+    def requested_version(spec) -> str | None:
+        return str(spec.version.value) if spec.HasField("version") else None
+
+    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            spec = request.model_spec
+            signature_name = spec.signature_name or "serving_default"
+            try:
+                try:
+                    inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+                except (TypeError, ValueError) as error:
+                    raise ServingError(400, f"malformed input tensor: {error}") from None
+                number, outputs = server.run(
+                    spec.name, requested_version(spec), signature_name, inputs
+                )
+            except ServingError as error:
+                abort(context, error)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = spec.name
+            response.model_spec.version.value = number
+            response.model_spec.signature_name = signature_name
+            for key, value in outputs.items():
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+    class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+        def GetModelStatus(self, request, context):
+            try:
+                status = server.status(request.model_spec.name, requested_version(request.model_spec))
+            except ServingError as error:
+                abort(context, error)
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for entry in status["model_version_status"]:
+                item = response.model_version_status.add()
+                item.version = int(entry["version"])
+                item.state = get_model_status_pb2.ModelVersionStatus.State.Value(entry["state"])
+                item.status.error_code = 0 if entry["status"]["error_code"] == "OK" else 2  # UNKNOWN
+                item.status.error_message = entry["status"]["error_message"]
+            return response
+
+    options = [
+        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.max_send_message_length", max_request_bytes),
+    ]
+    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), grpc_server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), grpc_server)
+    port = grpc_server.add_insecure_port(address)
+    grpc_server.start()
+    return grpc_server, port
+
+
 def create_app(server: ModelServer, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Flask:
     """The Flask application answering TF Serving's REST URLs for ``server``."""
     app = Flask("keras_siamese.serve")
@@ -391,6 +492,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rest_api_port", type=int, default=8501, help="port (0: any free port)")
     parser.add_argument(
+        "--port", type=int, default=8500,
+        help="gRPC port (0: any free port; -1: no gRPC); needs tensorflow-serving-api",
+    )
+    parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)"
     )
     parser.add_argument(
@@ -431,6 +536,22 @@ def main(argv: list[str] | None = None) -> None:
         # bodies to disk, not memory) cuts off anything far larger with a plain-text one.
         max_request_body_size=4 * args.max_request_bytes,
     )
+    grpc_server = None
+    if args.port >= 0:
+        try:
+            grpc_server, grpc_port = create_grpc_server(
+                server, f"{args.host}:{args.port}", args.max_request_bytes, args.threads
+            )
+            print(f"gRPC at {args.host}:{grpc_port}", flush=True)
+        except ImportError:
+            log.warning("no gRPC: it needs tensorflow-serving-api (pip install "
+                        "'keras-siamese[grpc]'); serving REST only")
+        except RuntimeError as error:  # grpc's "Failed to bind"
+            http.close()
+            raise SystemExit(
+                f"error: cannot serve gRPC on {args.host}:{args.port} ({error}); "
+                "pass another --port, 0 for any free port, or -1 for none"
+            ) from None
     # One line a caller can wait for (and read the port from, with --rest_api_port 0).
     print(f"Serving {args.model_name} from {base_path} at http://{args.host}:{http.effective_port}",
           flush=True)
@@ -441,6 +562,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         server.stop()
         http.close()
+        if grpc_server is not None:
+            grpc_server.stop(grace=1)
 
 
 if __name__ == "__main__":

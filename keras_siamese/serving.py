@@ -11,6 +11,9 @@ sent to the float signatures) or as image files given by path or bytes (sent
 base64-encoded to the ``*_encoded`` signatures). The server decodes, resizes
 and normalises them, so the client holds no preprocessing code. An error
 answered by the server is raised as :class:`ServingError` with its message.
+
+:class:`GrpcServingClient` offers the same calls over TF Serving's gRPC API (port 8500), with
+``tensorflow-serving-api`` installed.
 """
 
 from __future__ import annotations
@@ -33,17 +36,78 @@ class ServingError(RuntimeError):
     """The model server answered with an error.
 
     Attributes:
-        status: the HTTP status code (None when the server could not be reached).
-        message: the server's ``error`` message.
+        status: the HTTP status code (None when the server could not be reached); over
+            gRPC, the status code's name (``"INVALID_ARGUMENT"``, ``"NOT_FOUND"``, ...).
+        message: the server's error message.
     """
 
-    def __init__(self, status: int | None, message: str):
+    def __init__(self, status: int | str | None, message: str):
         super().__init__(f"{status}: {message}" if status else message)
         self.status = status
         self.message = message
 
 
-class ServingClient:
+class _SignatureCalls:
+    """The project's signatures on top of a transport's ``predict`` and ``status``."""
+
+    def predict(self, inputs: dict[str, Any], signature_name: str = "serving_default") -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def status(self) -> list[dict]:
+        raise NotImplementedError
+
+    def wait_until_available(self, timeout: float = 60.0) -> int:
+        """Waits until a version is AVAILABLE; returns its number.
+
+        Raises:
+            TimeoutError: none became available within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                for entry in self.status():
+                    if entry["state"] == "AVAILABLE":
+                        return int(entry["version"])
+                last = "no version is AVAILABLE"
+            except ServingError as error:
+                last = error.message
+            time.sleep(0.2)
+        raise TimeoutError(f"model not available after {timeout:.0f} s: {last}")
+
+    def probability(self, left: Images, right: Images) -> np.ndarray:
+        """Same-character probability of each (left, right) pair, ``(N,)``."""
+        encoded, left_value = _images(left)
+        encoded_right, right_value = _images(right)
+        if encoded != encoded_right:
+            raise ValueError("give both sides as arrays or both as files")
+        signature = "pair_encoded" if encoded else "serving_default"
+        outputs = self.predict({"left": left_value, "right": right_value}, signature)
+        return outputs["probability"]
+
+    def embed(self, images: Images) -> np.ndarray:
+        """The twin network's embedding of each image, ``(N, d)``."""
+        encoded, value = _images(images)
+        outputs = self.predict({"images": value}, "embed_encoded" if encoded else "embed")
+        return outputs["embedding"]
+
+    def one_shot(self, queries: Images, support: Images) -> tuple[np.ndarray, np.ndarray]:
+        """Scores each query against each support image in one request.
+
+        Returns:
+            ``scores`` ``(Q, K)`` same-character probabilities and ``best``
+            ``(Q,)``, the index of the highest-scoring support image.
+        """
+        encoded, query_value = _images(queries)
+        encoded_support, support_value = _images(support)
+        if encoded != encoded_support:
+            raise ValueError("give queries and support both as arrays or both as files")
+        signature = "one_shot_encoded" if encoded else "one_shot"
+        outputs = self.predict({"queries": query_value, "support": support_value}, signature)
+        return outputs["scores"], outputs["best"]
+
+
+class ServingClient(_SignatureCalls):
     """TF Serving REST client for one model.
 
     Args:
@@ -96,25 +160,6 @@ class ServingClient:
         answer = self._call("GET", f"{self.model_url}/metadata")
         return answer["metadata"]["signature_def"]["signature_def"]
 
-    def wait_until_available(self, timeout: float = 60.0) -> int:
-        """Waits until a version is AVAILABLE; returns its number.
-
-        Raises:
-            TimeoutError: none became available within ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                for entry in self.status():
-                    if entry["state"] == "AVAILABLE":
-                        return int(entry["version"])
-                last = "no version is AVAILABLE"
-            except ServingError as error:
-                last = error.message
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.model_url} not available after {timeout:.0f} s: {last}")
-
     # --- Predictions ----------------------------------------------------------------------
 
     def predict(
@@ -158,36 +203,90 @@ class ServingClient:
         (name,) = self._outputs[signature_name]
         return name
 
-    def probability(self, left: Images, right: Images) -> np.ndarray:
-        """Same-character probability of each (left, right) pair, ``(N,)``."""
-        encoded, left_value = _images(left)
-        encoded_right, right_value = _images(right)
-        if encoded != encoded_right:
-            raise ValueError("give both sides as arrays or both as files")
-        signature = "pair_encoded" if encoded else "serving_default"
-        outputs = self.predict({"left": left_value, "right": right_value}, signature)
-        return outputs["probability"]
 
-    def embed(self, images: Images) -> np.ndarray:
-        """The twin network's embedding of each image, ``(N, d)``."""
-        encoded, value = _images(images)
-        outputs = self.predict({"images": value}, "embed_encoded" if encoded else "embed")
-        return outputs["embedding"]
+class GrpcServingClient(_SignatureCalls):
+    """TF Serving gRPC client for one model (``PredictionService`` and ``ModelService``).
 
-    def one_shot(self, queries: Images, support: Images) -> tuple[np.ndarray, np.ndarray]:
-        """Scores each query against each support image in one request.
+    Needs ``tensorflow-serving-api`` (``pip install 'keras-siamese[grpc]'``), which
+    brings TensorFlow for its tensor protos. Same methods as :class:`ServingClient`;
+    a server error is a :class:`ServingError` whose ``status`` is the gRPC code's name.
 
-        Returns:
-            ``scores`` ``(Q, K)`` same-character probabilities and ``best``
-            ``(Q,)``, the index of the highest-scoring support image.
-        """
-        encoded, query_value = _images(queries)
-        encoded_support, support_value = _images(support)
-        if encoded != encoded_support:
-            raise ValueError("give queries and support both as arrays or both as files")
-        signature = "one_shot_encoded" if encoded else "one_shot"
-        outputs = self.predict({"queries": query_value, "support": support_value}, signature)
-        return outputs["scores"], outputs["best"]
+    Args:
+        target: the server's gRPC address, e.g. ``localhost:8500``.
+        model, version, timeout: as for :class:`ServingClient`.
+        max_message_bytes: the largest request or answer.
+    """
+
+    def __init__(
+        self,
+        target: str = "localhost:8500",
+        model: str = "siamese",
+        version: int | None = None,
+        timeout: float = 60.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ):
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self._grpc = grpc
+        self.model = model
+        self.version = version
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ])
+        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def _spec(self, spec) -> None:
+        spec.name = self.model
+        if self.version is not None:
+            spec.version.value = self.version
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except self._grpc.RpcError as error:
+            raise ServingError(error.code().name, error.details()) from None
+
+    def status(self) -> list[dict]:
+        """The version statuses, in the REST client's form."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec)
+        response = self._call(self._models.GetModelStatus, request)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return [
+            {
+                "version": str(entry.version),
+                "state": states.Name(entry.state),
+                "status": {
+                    "error_code": "OK" if entry.status.error_code == 0 else str(entry.status.error_code),
+                    "error_message": entry.status.error_message,
+                },
+            }
+            for entry in response.model_version_status
+        ]
+
+    def predict(
+        self, inputs: dict[str, Any], signature_name: str = "serving_default"
+    ) -> dict[str, np.ndarray]:
+        """Runs any signature; returns its outputs as numpy arrays."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec)
+        request.model_spec.signature_name = signature_name
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        response = self._call(self._predictions.Predict, request)
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 def _images(images: Images) -> tuple[bool, Any]:

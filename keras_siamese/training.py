@@ -183,6 +183,31 @@ def train(
     return model, read_history(log_path)
 
 
+def epoch_minutes(run_dir: str | Path) -> list[float]:
+    """Minutes from the start of training to the end of each epoch, from the TensorBoard logs.
+
+    The TensorBoard callback time-stamps each epoch's validation metrics; the training
+    writer's first event marks the start. A resumed run counts the time it was stopped.
+    """
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    def events(folder: str):
+        for path in sorted((Path(run_dir) / "tensorboard" / folder).glob("events.out.tfevents.*")):
+            for record in tf.data.TFRecordDataset(str(path)):
+                yield event_pb2.Event.FromString(record.numpy())
+
+    start = min((event.wall_time for event in events("train")), default=None)
+    ends = {
+        event.step: event.wall_time
+        for event in events("validation")
+        if any(value.tag == "epoch_one_shot_accuracy" for value in event.summary.value)
+    }
+    if start is None:
+        return []
+    return [(ends[step] - start) / 60.0 for step in sorted(ends)]
+
+
 def read_history(log_path: str | Path) -> dict[str, list[float]]:
     """Per-epoch metrics from a run's ``log.csv``, as lists keyed by column."""
     with Path(log_path).open() as f:

@@ -207,3 +207,13 @@ def test_evaluate_reports_test_time_augmentation(small_model, test_split, lake_r
     metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20, views=2)
     assert 0.0 <= metrics["lake_runs_accuracy_tta"] <= 1.0
     assert 0.0 <= metrics["koch_test_accuracy_tta"] <= 1.0
+
+
+def test_evaluation_command_scores_validation_tasks_with_views(trained_run, omniglot_dir, tfds_dir, capsys):
+    _, run_dir, _, _ = trained_run
+    results = evaluation.main(
+        [str(run_dir), "--views", "1", "2", "--tasks", "20",
+         "--data-dir", str(omniglot_dir), "--tfds-dir", str(tfds_dir)]
+    )
+    assert sorted(results) == [1, 2] and all(0.0 <= v <= 1.0 for v in results.values())
+    assert "2 views:" in capsys.readouterr().out

@@ -29,6 +29,8 @@ OPTIONS = [
     "--learning-rate",
     "--within-alphabet",
     "--max-minutes",
+    "--batch-norm",
+    "--no-batch-norm",
     "--optimizer",
     "--mixed-precision",
     "--no-mixed-precision",

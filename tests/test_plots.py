@@ -172,3 +172,15 @@ def test_pca_2d_finds_the_main_directions():
     np.testing.assert_allclose(np.abs(np.corrcoef(coords[:, 0], x[:, 0])[0, 1]), 1.0, atol=1e-3)
     np.testing.assert_allclose(np.abs(np.corrcoef(coords[:, 1], x[:, 1])[0, 1]), 1.0, atol=1e-2)
     assert explained[0] > explained[1] > 0 and explained.sum() > 0.99
+
+
+def test_plot_accuracy_versus_time(tmp_path):
+    path = tmp_path / "accuracy_vs_time.png"
+    fig = plots.plot_accuracy_versus_time(
+        {"cpu: validation": ([2.0, 4.0, 6.5], [0.25, 0.4, 0.5]), "cpu: test (end)": ([6.5], [0.7])},
+        targets={"paper": 0.92},
+        path=path,
+    )
+    check_png(path, fig)
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.get_lines()][:2] == ["cpu: validation", "cpu: test (end)"]

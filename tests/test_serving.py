@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from keras_siamese import evaluation, export
 from keras_siamese.model import build_siamese
-from keras_siamese.serving import ServingClient, ServingError
+from keras_siamese.serving import GrpcServingClient, ServingClient, ServingError
 
 from conftest import REPO_ROOT
 
@@ -41,6 +41,7 @@ class Server:
                 "--model_name", name,
                 "--model_base_path", str(base_path),
                 "--rest_api_port", "0",
+                "--port", "0",
                 "--file_system_poll_wait_seconds", str(poll),
                 "--max_request_bytes", str(MAX_REQUEST_BYTES),
             ],
@@ -53,6 +54,8 @@ class Server:
             if not line:
                 break
             self.output.append(line)
+            if line.startswith("gRPC at "):
+                self.grpc_target = line.split(" at ", 1)[1].strip()
             if line.startswith("Serving "):
                 self.url = line.rsplit(" at ", 1)[1].strip()
                 return
@@ -345,3 +348,42 @@ def test_serve_without_a_model_folder_exits_with_a_clear_message(run_python, tmp
     )
     assert result.returncode != 0
     assert "is not a folder" in result.stderr and "keras_siamese.export" in result.stderr
+
+
+# --- gRPC ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server, client) -> GrpcServingClient:
+    grpc_client = GrpcServingClient(server.grpc_target, "siamese", timeout=120)
+    yield grpc_client
+    grpc_client.close()
+
+
+def test_grpc_status_and_predictions_match_rest(grpc_client, client, images):
+    assert grpc_client.wait_until_available(30) == 1
+    assert grpc_client.status() == client.status()
+    np.testing.assert_allclose(
+        grpc_client.probability(images[:3], images[3:]), client.probability(images[:3], images[3:]),
+        atol=1e-6,
+    )
+    files = [_png(image) for image in images]
+    grpc_scores, grpc_best = grpc_client.one_shot(files[:2], files)
+    rest_scores, rest_best = client.one_shot(files[:2], files)
+    np.testing.assert_allclose(grpc_scores, rest_scores, atol=1e-6)
+    np.testing.assert_array_equal(grpc_best, rest_best)
+    assert grpc_client.embed(images).shape == client.embed(images).shape
+
+
+def test_grpc_errors_carry_the_status_code(server, grpc_client, images):
+    with pytest.raises(ServingError, match="not found in signature def") as caught:
+        grpc_client.predict({"images": images}, signature_name="nope")
+    assert caught.value.status == "INVALID_ARGUMENT"
+    with pytest.raises(ServingError, match="Unknown image file format") as caught:
+        grpc_client.embed([b"not an image"])
+    assert caught.value.status == "INVALID_ARGUMENT"
+    other = GrpcServingClient(server.grpc_target, "siamese", version=9)
+    with pytest.raises(ServingError, match="Specific\\(siamese, 9\\)") as caught:
+        other.probability(images, images)
+    assert caught.value.status == "NOT_FOUND"
+    other.close()

@@ -157,3 +157,10 @@ def test_every_preset_resolves_and_trains_a_few_steps(name, splits):
     )
     history = model.fit(pairs, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+def test_epoch_minutes_from_the_tensorboard_logs(trained_run):
+    _, run_dir, _, history = trained_run
+    minutes = training.epoch_minutes(run_dir)
+    assert len(minutes) == len(history["loss"]) == 2
+    assert 0 < minutes[0] < minutes[1] < 30

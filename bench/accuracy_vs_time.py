@@ -1,0 +1,50 @@
+"""One-shot accuracy against training time, from run folders.
+
+    python bench/accuracy_vs_time.py RUN_DIR [RUN_DIR ...] [--out bench/accuracy_vs_time.png]
+
+For each run folder of ``python -m keras_siamese.fit``, plots the validation one-shot accuracy
+(the model-selection metric) at the end of each epoch against the training minutes, marks the
+final test figures from ``metrics.json`` (Lake's 20 runs, plain and with test-time augmentation),
+and prints them as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from keras_siamese import plots, training
+from keras_siamese.config import TrainConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("bench/accuracy_vs_time.png"))
+    args = parser.parse_args()
+    curves = {}
+    print(f"{'run':<28} {'epochs':>6} {'minutes':>8} {'best val':>9} {'Lake':>7} {'Lake TTA':>9}")
+    for run in args.runs:
+        config = TrainConfig.load(run / "config.json")
+        history = training.read_history(run / "log.csv")
+        minutes = training.epoch_minutes(run)
+        values = history[training.VAL_METRIC][: len(minutes)]
+        label = f"{config.preset}, seed {config.seed}: validation"
+        curves[label] = (minutes[: len(values)], values)
+        metrics = json.loads((run / "metrics.json").read_text())
+        lake, tta = metrics["lake_runs_accuracy"], metrics.get("lake_runs_accuracy_tta")
+        curves[f"{config.preset}: Lake's runs, test (end)"] = ([minutes[-1]], [lake])
+        if tta is not None:
+            curves[f"{config.preset}: Lake's runs with TTA, test (end)"] = ([minutes[-1]], [tta])
+        print(f"{run.name:<28} {len(values):>6} {minutes[-1]:>8.1f} {max(values):>9.1%} "
+              f"{lake:>7.1%} {tta if tta is None else f'{tta:.1%}':>9}")
+    plots.plot_accuracy_versus_time(
+        curves, targets={"Koch et al. 2015: 92.0%": 0.92, "goal in 20 CPU minutes: 88%": 0.88},
+        path=args.out,
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

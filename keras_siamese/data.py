@@ -103,8 +103,13 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path | N
         return _existing_dir(pathlib.Path(data_dir), "data_dir")
     if os.environ.get(DATA_DIR_ENV):
         return _existing_dir(pathlib.Path(os.environ[DATA_DIR_ENV]), f"${DATA_DIR_ENV}")
+    return _beside_checkout(_SHARED_DATA)
+
+
+def _beside_checkout(relative: pathlib.Path) -> pathlib.Path | None:
+    """`relative` under the repository root, else under the working directory, if it exists."""
     for base in (_REPO_ROOT, pathlib.Path.cwd()):
-        candidate = base / _SHARED_DATA
+        candidate = base / relative
         if candidate.is_dir():
             return candidate.resolve()
     return None
@@ -685,17 +690,12 @@ def load_mnist_test(mnist_dir: str | os.PathLike | None = None) -> tuple[np.ndar
     Raises:
         MnistDataError: a named folder or a file is missing or malformed.
     """
-    folder = None
     if mnist_dir is not None or os.environ.get(MNIST_DIR_ENV):
         folder = pathlib.Path(mnist_dir if mnist_dir is not None else os.environ[MNIST_DIR_ENV])
         if not folder.is_dir():
             raise MnistDataError(f"{folder}: MNIST folder not found.")
     else:
-        folder = next(
-            (base / _SHARED_MNIST for base in (_REPO_ROOT, pathlib.Path.cwd())
-             if (base / _SHARED_MNIST).is_dir()),
-            None,
-        )
+        folder = _beside_checkout(_SHARED_MNIST)
     if folder is None:
         import keras
 

@@ -87,6 +87,14 @@ def _mosaic(rows: Sequence[Sequence[np.ndarray]], columns: int, pad: int = 4) ->
     return out
 
 
+def _blank_grid(rows: int, columns: int, figsize: tuple[float, float]):
+    """A figure with a ``rows x columns`` array of axes, all hidden until drawn into."""
+    fig, axes = plt.subplots(rows, columns, figsize=figsize, layout="constrained", squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    return fig, axes
+
+
 def _pretty(name: str) -> str:
     return str(name).replace("_", " ")
 
@@ -196,12 +204,7 @@ def plot_drawers(
     shown = shown[np.argsort(split.drawer[shown], kind="stable")]
     columns = min(10, len(shown))
     rows = math.ceil(len(shown) / columns)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(1.15 * columns, 0.5 + 1.3 * rows), layout="constrained",
-        squeeze=False,
-    )  # fmt: skip
-    for ax in axes.ravel():
-        ax.set_axis_off()
+    fig, axes = _blank_grid(rows, columns, (1.15 * columns, 0.5 + 1.3 * rows))
     for ax, i in zip(axes.ravel(), shown):
         ax.set_axis_on()
         _show(ax, split.images[i])
@@ -283,12 +286,7 @@ def plot_distortions(
     )
     tiles = [x[0].numpy()] + list(distorted.numpy())
     rows = math.ceil(len(tiles) / columns)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(1.2 * columns, 0.55 + 1.25 * rows), layout="constrained",
-        squeeze=False,
-    )  # fmt: skip
-    for ax in axes.ravel():
-        ax.set_axis_off()
+    fig, axes = _blank_grid(rows, columns, (1.2 * columns, 0.55 + 1.25 * rows))
     for k, (ax, tile) in enumerate(zip(axes.ravel(), tiles)):
         ax.set_axis_on()
         _show(ax, tile, "black" if k == 0 else "#cccccc", 2.0 if k == 0 else 0.8)

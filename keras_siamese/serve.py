@@ -213,20 +213,13 @@ class ModelServer:
         Returns the version that answered and the outputs; bad input is a ``ServingError``.
         """
         number, loaded = self._version(name, version)
-        function = _signature(loaded, signature_name)
-        specs = function.structured_input_signature[1]
-        if set(inputs) != set(specs):
-            raise ServingError(400, f"inputs {sorted(inputs)} given; the signature takes {sorted(specs)}")
-        tensors = {key: _to_tensor(value, specs[key], key) for key, value in inputs.items()}
-        try:
-            outputs = function(**tensors)
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
-            raise ServingError(400, _tf_message(error)) from None
-        return number, {key: value.numpy() for key, value in outputs.items()}
+        return number, _run(loaded, signature_name, inputs)
 
     def predict(self, name: str, version: str | None, body: Any) -> dict:
         """TF Serving's REST predict: row or columnar request, same-format response."""
-        _, loaded = self._version(name, version)  # an unknown model or version: 404 first
+        # Resolved once: the version that parses the request also answers it, even if a
+        # newer one is loaded meanwhile. An unknown model or version is a 404 first.
+        _, loaded = self._version(name, version)
         if not isinstance(body, dict):
             raise ServingError(400, "the request body must be a JSON object")
         if ("instances" in body) == ("inputs" in body):
@@ -235,12 +228,25 @@ class ModelServer:
         specs = _signature(loaded, signature_name).structured_input_signature[1]
         row = "instances" in body
         named = _row_inputs(body["instances"], specs) if row else _columnar_inputs(body["inputs"], specs)
-        _, outputs = self.run(name, version, signature_name, named)
+        outputs = _run(loaded, signature_name, named)
         if row:
             return {"predictions": _row_outputs(outputs)}
         if len(outputs) == 1:
             return {"outputs": _jsonable(next(iter(outputs.values())))}
         return {"outputs": {key: _jsonable(value) for key, value in outputs.items()}}
+
+
+def _run(loaded: _Version, signature_name: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    function = _signature(loaded, signature_name)
+    specs = function.structured_input_signature[1]
+    if set(inputs) != set(specs):
+        raise ServingError(400, f"inputs {sorted(inputs)} given; the signature takes {sorted(specs)}")
+    tensors = {key: _to_tensor(value, specs[key], key) for key, value in inputs.items()}
+    try:
+        outputs = function(**tensors)
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+        raise ServingError(400, _tf_message(error)) from None
+    return {key: value.numpy() for key, value in outputs.items()}
 
 
 def _signature(loaded: _Version, signature_name: str):

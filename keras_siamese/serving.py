@@ -77,10 +77,7 @@ class _SignatureCalls:
 
     def probability(self, left: Images, right: Images) -> np.ndarray:
         """Same-character probability of each (left, right) pair, ``(N,)``."""
-        encoded, left_value = _images(left)
-        encoded_right, right_value = _images(right)
-        if encoded != encoded_right:
-            raise ValueError("give both sides as arrays or both as files")
+        encoded, left_value, right_value = _image_pair(left, right)
         signature = "pair_encoded" if encoded else "serving_default"
         outputs = self.predict({"left": left_value, "right": right_value}, signature)
         return outputs["probability"]
@@ -98,10 +95,7 @@ class _SignatureCalls:
             ``scores`` ``(Q, K)`` same-character probabilities and ``best``
             ``(Q,)``, the index of the highest-scoring support image.
         """
-        encoded, query_value = _images(queries)
-        encoded_support, support_value = _images(support)
-        if encoded != encoded_support:
-            raise ValueError("give queries and support both as arrays or both as files")
+        encoded, query_value, support_value = _image_pair(queries, support)
         signature = "one_shot_encoded" if encoded else "one_shot"
         outputs = self.predict({"queries": query_value, "support": support_value}, signature)
         return outputs["scores"], outputs["best"]
@@ -308,6 +302,15 @@ def _images(images: Images) -> tuple[bool, Any]:
         else:
             raise TypeError(f"expected an image file path or bytes, got {type(item).__name__}")
     return True, files
+
+
+def _image_pair(first: Images, second: Images) -> tuple[bool, Any, Any]:
+    """(encoded?, first, second) for two image arguments of one kind."""
+    encoded, first_value = _images(first)
+    second_encoded, second_value = _images(second)
+    if encoded != second_encoded:
+        raise ValueError("give both image sets as arrays or both as files")
+    return encoded, first_value, second_value
 
 
 def _jsonable(value: Any) -> Any:

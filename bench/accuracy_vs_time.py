@@ -30,13 +30,13 @@ def main() -> None:
         history = training.read_history(run / "log.csv")
         minutes = training.epoch_minutes(run)
         values = history[training.VAL_METRIC][: len(minutes)]
-        label = f"{config.preset}, seed {config.seed}: validation"
-        curves[label] = (minutes[: len(values)], values)
+        name = f"{config.preset}, {config.pair_sampling} pairs"
+        curves[f"{name}: validation"] = (minutes[: len(values)], values)
         metrics = json.loads((run / "metrics.json").read_text())
         lake, tta = metrics["lake_runs_accuracy"], metrics.get("lake_runs_accuracy_tta")
-        curves[f"{config.preset}: Lake's runs, test (end)"] = ([minutes[-1]], [lake])
+        curves[f"{name}: Lake's runs, test (end)"] = ([minutes[-1]], [lake])
         if tta is not None:
-            curves[f"{config.preset}: Lake's runs with TTA, test (end)"] = ([minutes[-1]], [tta])
+            curves[f"{name}: Lake's runs with TTA, test (end)"] = ([minutes[-1]], [tta])
         print(f"{run.name:<28} {len(values):>6} {minutes[-1]:>8.1f} {max(values):>9.1%} "
               f"{lake:>7.1%} {tta if tta is None else f'{tta:.1%}':>9}")
     plots.plot_accuracy_versus_time(

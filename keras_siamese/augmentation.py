@@ -17,6 +17,11 @@ import keras
 import tensorflow as tf
 
 
+# Views averaged by test-time augmentation: the most accurate count on validation tasks
+# (``python -m keras_siamese.evaluation RUN_DIR``; README, "Ablations").
+TTA_VIEWS = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class Distortion:
     """Ranges of the random affine distortion, in the paper's units.
@@ -115,4 +120,43 @@ def distort(images: tf.Tensor, seed: tf.Tensor, distortion: Distortion) -> tf.Te
     transforms = affine_transforms(params, image_size)
     return keras.ops.image.affine_transform(
         images, transforms, interpolation="bilinear", fill_mode="constant", fill_value=0.0
+    )
+
+
+def view_transforms(
+    views: int, image_size: int, seed: tuple[int, int] = (0, 0), distortion: Distortion = Distortion()
+) -> tf.Tensor:
+    """Fixed transforms for test-time augmentation: ``affine_transform`` rows ``(views, 8)``.
+
+    Row 0 is the identity (the image as it is); rows ``1..views-1`` are draws of
+    ``distortion`` made once from ``seed``. An image's view ``v`` thus depends
+    only on the image and ``v``, never on the batch it comes in, so a
+    SavedModel and an offline scorer given the same rows score identically.
+    """
+    if views < 1:
+        raise ValueError(f"views must be at least 1, got {views}")
+    identity = tf.constant([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
+    params = random_affine_parameters(views - 1, tf.constant(seed), distortion, image_size)
+    return tf.concat([identity, affine_transforms(params, image_size)], axis=0)
+
+
+def transform(images: tf.Tensor, row: tf.Tensor) -> tf.Tensor:
+    """Applies one ``affine_transform`` row (8,) to every image of a batch (paper = 0 fills)."""
+    rows = tf.tile(tf.reshape(row, (1, 8)), (tf.shape(images)[0], 1))
+    return keras.ops.image.affine_transform(
+        images, rows, interpolation="bilinear", fill_mode="constant", fill_value=0.0
+    )
+
+
+def tta_transforms(
+    views: int, image_size: int, seed: int = 0, distortion: Distortion = Distortion()
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Test-time augmentation views of queries and of support images, ``(views, 8)`` each.
+
+    Two independent sets, so that the two images of a pair are distorted
+    independently, as in training.
+    """
+    return (
+        view_transforms(views, image_size, (seed, 0), distortion),
+        view_transforms(views, image_size, (seed, 1), distortion),
     )

@@ -11,12 +11,13 @@ network and a pixel-space nearest-neighbour baseline.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese.augmentation import Distortion, distort
+from keras_siamese.augmentation import TTA_VIEWS, Distortion, transform, tta_transforms
 from keras_siamese.data import LakeRuns, OmniglotImages
 from keras_siamese.model import head_of, twin_of
 from keras_siamese.pairs import pair_dataset
@@ -185,10 +186,13 @@ class SiameseScorer:
     pass per distinct image plus ``way`` cheap head evaluations, not ``way``
     full pair passes. Scores are the head's probabilities.
 
-    With ``views > 1`` it adds test-time augmentation: every image is also
-    embedded under ``views - 1`` random distortions (the training
-    distortions, drawn independently for each image and view) and the
-    probabilities of the views are averaged.
+    With ``views > 1`` it adds test-time augmentation: the probabilities of
+    ``views`` versions of each pair are averaged, view 0 being the images as
+    they are and views ``1..views-1`` fixed draws of the training distortion
+    (``augmentation.view_transforms``), one set for queries and another for
+    candidates, so the two images of a pair are distorted independently as in
+    training. The SavedModel's ``one_shot_tta`` signature applies the same
+    transforms and gives the same scores.
     The weighted-L1 head is symmetric, so scoring ``(a, b)`` and ``(b, a)``
     gives the same probability and "symmetric scoring" needs no extra work.
     """
@@ -207,34 +211,55 @@ class SiameseScorer:
         self.image_size = model.input["left"].shape[1]
         self.batch_size = batch_size
         self.views = views
-        self.distortion = distortion
-        self.seed = seed
+        self.query_transforms, self.support_transforms = tta_transforms(
+            views, self.image_size, seed, distortion
+        )
 
-    def embed(self, images: np.ndarray, view: int = 0) -> np.ndarray:
+    def embed(self, images: np.ndarray, transform_row: tf.Tensor | None = None) -> np.ndarray:
         """Embeddings of uint8 Omniglot-polarity images, ``(N, d)`` float32.
 
-        ``view`` 0 is the images as they are; view ``v > 0`` distorts them
-        with a seed derived from ``(seed, v)``.
+        ``transform_row``: an ``affine_transform`` row to apply first (a view).
         """
         x = to_model_input(images, self.image_size)
-        if view:
-            x = distort(x, tf.constant([self.seed, view]), self.distortion)
+        if transform_row is not None:
+            x = transform(x, transform_row)
         return np.asarray(self.twin.predict(x, batch_size=self.batch_size, verbose=0), np.float32)
 
     def __call__(self, tasks: OneShotTasks) -> np.ndarray:
         n = len(tasks)
-        used, inverse = np.unique(
-            np.concatenate([tasks.queries, tasks.candidates.ravel()]), return_inverse=True
-        )
+        queries, query_of_task = np.unique(tasks.queries, return_inverse=True)
+        candidates, candidate_of_task = np.unique(tasks.candidates.ravel(), return_inverse=True)
         total = 0.0
         for view in range(self.views):
-            emb = self.embed(tasks.images[used], view)
-            q = emb[inverse[:n]][:, None, :]
-            c = emb[inverse[n:]].reshape(n, tasks.way, -1)
+            rows = (None, None) if view == 0 else (
+                self.query_transforms[view], self.support_transforms[view]
+            )
+            q = self.embed(tasks.images[queries], rows[0])[query_of_task][:, None, :]
+            c = self.embed(tasks.images[candidates], rows[1])[candidate_of_task]
+            c = c.reshape(n, tasks.way, -1)
             total += keras.ops.convert_to_numpy(
                 self.head.activation(self.head.distance_logits(q, c))
             )[..., 0]
         return total / self.views
+
+
+def saved_model_lake_scores(saved_model: str | Path, runs: LakeRuns, augmented: bool = False) -> np.ndarray:
+    """Scores of Lake's 400 trials through an exported SavedModel, ``(400, 20)`` as ``lake_tasks``.
+
+    Each run is one call of ``one_shot_encoded`` (``one_shot_tta_encoded`` if
+    ``augmented``) with the run's own PNG files: its 20 test images as queries and
+    its 20 training images as support, as a TF Serving client would send them.
+    """
+    signature = "one_shot_tta_encoded" if augmented else "one_shot_encoded"
+    one_shot = tf.saved_model.load(str(saved_model)).signatures[signature]
+    scores = [
+        one_shot(
+            queries=tf.constant(list(runs.test_files[run])),
+            support=tf.constant(list(runs.training_files[run])),
+        )["scores"].numpy()
+        for run in range(len(runs.answers))
+    ]
+    return np.concatenate(scores)
 
 
 def verification_accuracy(
@@ -267,7 +292,7 @@ def evaluate(
     way: int = 20,
     seed: int = 0,
     mnist: tuple[np.ndarray, np.ndarray] | None = None,
-    views: int = 16,
+    views: int = TTA_VIEWS,
 ) -> dict[str, float]:
     """The project's standard report for a trained model.
 
@@ -296,7 +321,7 @@ def evaluate(
         "verification_accuracy": verification_accuracy(model, test_split, seed=seed),
     }
     if views > 1:
-        augmented = SiameseScorer(model, views=views, seed=seed)
+        augmented = SiameseScorer(model, views=views)
         metrics["lake_runs_accuracy_tta"] = accuracy(augmented(lake), lake)
         metrics["koch_test_accuracy_tta"] = accuracy(augmented(koch), koch)
     if mnist is not None:
@@ -314,7 +339,6 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
     ``evaluate``'s default number of views.
     """
     import argparse
-    from pathlib import Path
 
     from keras_siamese import data
 

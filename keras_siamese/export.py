@@ -24,12 +24,18 @@ one_shot            queries: float (Q, H, W, 1),        scores (Q, K), best (Q,)
                     support: float (K, H, W, 1)
 one_shot_encoded    queries: string (Q,),               scores (Q, K), best (Q,)
                     support: string (K,)
+one_shot_tta        as one_shot                         scores (Q, K), best (Q,)
+one_shot_tta_encoded  as one_shot_encoded               scores (Q, K), best (Q,)
 ==================  ==================================  =============================
 
 String inputs are encoded PNG, JPEG, GIF or BMP files (TF Serving's REST API
 takes them as ``{"b64": "..."}``). ``one_shot`` scores a whole N-way task in one
 call: each image is embedded once and the weighted-L1 head compares every
 query with every support image, ``Q + K`` twin passes instead of ``2 Q K``.
+The ``one_shot_tta`` signatures add test-time augmentation: the scores are
+averaged over ``views`` fixed distortions of the images (the export's
+``views``, 16 by default), exactly as ``evaluation.SiameseScorer(views=...)``
+computes them offline, for ``views`` times the twin passes.
 
 ``model.export`` and ``keras.export.ExportArchive`` currently write every
 variable twice (keras-team/keras#23553). Here the endpoints are plain
@@ -49,6 +55,7 @@ import keras
 import tensorflow as tf
 
 import keras_siamese  # noqa: F401  (registers the custom layer and optimiser for load_model)
+from keras_siamese.augmentation import TTA_VIEWS, transform, tta_transforms
 from keras_siamese.model import head_of, twin_of
 from keras_siamese.preprocessing import decode_images, to_model_input
 
@@ -59,6 +66,8 @@ SIGNATURES = (
     "embed_encoded",
     "one_shot",
     "one_shot_encoded",
+    "one_shot_tta",
+    "one_shot_tta_encoded",
 )
 
 
@@ -70,9 +79,10 @@ def _encoded(name: str) -> tf.TensorSpec:
     return tf.TensorSpec((None,), tf.string, name=name)
 
 
-def _build_module(model: keras.Model) -> tuple[tf.Module, dict]:
+def _build_module(model: keras.Model, views: int = TTA_VIEWS, seed: int = 0) -> tuple[tf.Module, dict]:
     """A ``tf.Module`` with the serving endpoints of ``model``."""
     size = model.input["left"].shape[1]
+    query_rows, support_rows = tta_transforms(views, size, seed)
     twin, head = twin_of(model), head_of(model)
     module = tf.Module()
     # Track the backend variables directly (not the Keras model) so each is
@@ -90,6 +100,23 @@ def _build_module(model: keras.Model) -> tuple[tf.Module, dict]:
     def one_shot(queries, support):
         scores = head.pairwise(embed_inputs(queries), embed_inputs(support))
         scores = tf.cast(scores, tf.float32)
+        return {"scores": scores, "best": tf.argmax(scores, axis=1, output_type=tf.int32)}
+
+    def one_shot_tta(queries, support):
+        # Every view of the queries and of the support in one twin pass each.
+        def views_of(images, rows):
+            n = tf.shape(images)[0]
+            versions = [images] + [transform(images, rows[v]) for v in range(1, views)]
+            return tf.reshape(embed_inputs(tf.concat(versions, axis=0)), [views, n, -1])
+
+        q, s = views_of(queries, query_rows), views_of(support, support_rows)
+        # One view at a time keeps the (Q, K, d) distances of a single view in memory.
+        per_view = tf.map_fn(
+            lambda qs: tf.cast(head.pairwise(qs[0], qs[1]), tf.float32),
+            (q, s),
+            fn_output_signature=tf.float32,
+        )
+        scores = tf.reduce_mean(per_view, axis=0)
         return {"scores": scores, "best": tf.argmax(scores, axis=1, output_type=tf.int32)}
 
     @tf.function(input_signature=[_images("left"), _images("right")])
@@ -122,6 +149,16 @@ def _build_module(model: keras.Model) -> tuple[tf.Module, dict]:
         """``one_shot`` for image files."""
         return one_shot(decode_images(queries, size), decode_images(support, size))
 
+    @tf.function(input_signature=[_images("queries"), _images("support")])
+    def one_shot_tta_(queries, support):
+        """``one_shot`` with test-time augmentation: scores averaged over fixed views."""
+        return one_shot_tta(to_model_input(queries, size), to_model_input(support, size))
+
+    @tf.function(input_signature=[_encoded("queries"), _encoded("support")])
+    def one_shot_tta_encoded(queries, support):
+        """``one_shot_tta`` for image files."""
+        return one_shot_tta(decode_images(queries, size), decode_images(support, size))
+
     signatures = {
         "serving_default": serving_default,
         "pair_encoded": pair_encoded,
@@ -129,6 +166,8 @@ def _build_module(model: keras.Model) -> tuple[tf.Module, dict]:
         "embed_encoded": embed_encoded,
         "one_shot": one_shot_,
         "one_shot_encoded": one_shot_encoded,
+        "one_shot_tta": one_shot_tta_,
+        "one_shot_tta_encoded": one_shot_tta_encoded,
     }
     for name, function in signatures.items():
         setattr(module, name, function)
@@ -153,6 +192,7 @@ def export_saved_model(
     export_dir: str | Path = "saved_models",
     name: str = "siamese",
     version: int | None = None,
+    views: int = TTA_VIEWS,
 ) -> Path:
     """Writes ``model`` as ``<export_dir>/<name>/<version>/`` atomically.
 
@@ -161,6 +201,7 @@ def export_saved_model(
         export_dir: root folder of the model server (TF Serving's base path).
         name: model name, the folder under ``export_dir``.
         version: version number; default one more than the highest present.
+        views: views averaged by the ``one_shot_tta`` signatures.
 
     Returns:
         The folder of the new version.
@@ -172,7 +213,7 @@ def export_saved_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     if version is not None and (model_dir / str(version)).exists():
         raise FileExistsError(f"{model_dir / str(version)} already exists")
-    module, signatures = _build_module(model)
+    module, signatures = _build_module(model, views)
     staging = model_dir / f".tmp-{uuid.uuid4().hex}"
     try:
         tf.saved_model.save(module, str(staging), signatures=signatures)

@@ -16,7 +16,7 @@ import resource
 import time
 from pathlib import Path
 
-from keras_siamese.config import DEFAULT_PRESET, PRESETS, TrainConfig, preset
+from keras_siamese.config import DEFAULT_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig, preset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     over.add_argument("--max-minutes", type=float, default=None,
                       help="stop training after the first epoch past this (0: no limit)")
     over.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
+    over.add_argument(
+        "--pair-sampling",
+        choices=PAIR_SAMPLING,
+        default=None,
+        help="'random': the paper's batches of independent pairs; 'all': every pair of "
+        "batches of characters; 'alphabet': every pair within each alphabet of those batches",
+    )
     over.add_argument(
         "--mixed-precision",
         action=argparse.BooleanOptionalAction,
@@ -141,6 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_export:
         target = export.export_saved_model(model, args.export_dir, args.model_name)
         metrics["saved_model"] = str(target)
+        # The headline figures, as a TF Serving client gets them: the exported model,
+        # sent each run's PNG files.
+        for key, augmented in (("", False), ("_tta", True)):
+            scores = evaluation.saved_model_lake_scores(target, runs, augmented=augmented)
+            metrics[f"lake_runs_accuracy{key}_saved_model"] = evaluation.accuracy(scores, lake)
     metrics["total_seconds"] = round(time.monotonic() - started, 1)
     # ru_maxrss is in KiB on Linux: the peak resident memory of the whole run.
     metrics["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -155,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"verification: {metrics['verification_accuracy']:.1%}\n"
         + (f"MNIST 10-way one-shot, no retraining: {metrics['mnist_10way_accuracy']:.1%} "
            f"(pixel 1-NN: {metrics['mnist_10way_1nn']:.1%})\n" if mnist is not None else "")
+        + (f"Through the SavedModel: {metrics['lake_runs_accuracy_saved_model']:.1%}, "
+           f"{metrics['lake_runs_accuracy_tta_saved_model']:.1%} with test-time augmentation "
+           "(one_shot_tta)\n" if "saved_model" in metrics else "")
         + f"Peak memory: {metrics['peak_memory_mib']} MiB\n"
         f"Trained {metrics['epochs']} epochs in {train_seconds / 60:.1f} min; "
         f"total {metrics['total_seconds'] / 60:.1f} min\n"

@@ -108,6 +108,21 @@ def sample_pair_indices(
     return left, right, label
 
 
+def _seeded_batches(make_batch, steps: int, seed: int) -> tf.data.Dataset:
+    """``steps`` batches per epoch, ``make_batch(stateless_seed)`` each, prefetched.
+
+    The batch seeds come from ``Dataset.random(rerandomize_each_iteration=True)``:
+    the same ``seed`` gives the same batches epoch by epoch, and every epoch new ones.
+    """
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return (
+        seeds.batch(2, drop_remainder=True)
+        .take(steps)
+        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def pair_dataset(
     split: OmniglotImages,
     *,
@@ -140,10 +155,77 @@ def pair_dataset(
             x2 = distort(x2, right_seed, distortion)
         return {"left": x1, "right": x2}, label[:, None]
 
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    return (
-        seeds.batch(2, drop_remainder=True)
-        .take(steps)
-        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    return _seeded_batches(make_batch, steps, seed)
+
+
+def _random_subsets(seed, sizes, k: int, max_size: int) -> tf.Tensor:
+    """``k`` distinct indices below ``sizes[i]`` for each row ``i``: int32 ``(len(sizes), k)``.
+
+    Random keys sorted per row, with the indices at or past a row's size pushed to the end.
+    """
+    keys = tf.random.stateless_uniform((tf.shape(sizes)[0], max_size), seed)
+    keys += tf.cast(tf.range(max_size)[None, :] >= sizes[:, None], tf.float32) * 2.0
+    return tf.argsort(keys, axis=1, stable=True)[:, :k]
+
+
+def character_batch_dataset(
+    split: OmniglotImages,
+    *,
+    image_size: int,
+    alphabets: int,
+    characters: int,
+    drawers: int,
+    steps: int,
+    seed: int,
+    distortion: Distortion | None = Distortion(),
+) -> tf.data.Dataset:
+    """Batches of characters for all-pairs training, ``steps`` batches per epoch.
+
+    Each batch takes ``alphabets`` alphabets, ``characters`` characters of each
+    and ``drawers`` drawings of each character: ``B = alphabets * characters *
+    drawers`` images, whose ``B (B - 1) / 2`` pairs all serve as training pairs
+    (see ``training.AllPairsCrossEntropy``). Different characters of one
+    alphabet, the pairs a within-alphabet one-shot task has to tell apart, make
+    up most of the different pairs. Every image gets its own distortion.
+
+    Elements are ``(x, y)``: ``x`` float32 ``(B, image_size, image_size, 1)``
+    and ``y`` int32 ``(B,)``, the character of each image (an index into the
+    split's characters). Reproducible from ``seed``, new batches each epoch.
+
+    Raises:
+        ValueError: no alphabet has ``characters`` characters, or a character
+            has fewer than ``drawers`` drawings.
+    """
+    index = PairIndex.from_split(split)
+    if index.size.min() < drawers:
+        raise ValueError(
+            f"{drawers} drawers per character requested; some characters have {index.size.min()}"
+        )
+    first_class = np.unique(index.alphabet_start)
+    alphabet_sizes = index.alphabet_size[first_class]
+    eligible = alphabet_sizes >= characters
+    if eligible.sum() < alphabets:
+        raise ValueError(
+            f"{alphabets} alphabets of {characters} characters requested; the split has "
+            f"{int(eligible.sum())} alphabets with that many"
+        )
+    first_class, alphabet_sizes = first_class[eligible], alphabet_sizes[eligible]
+    images = to_model_input(split.images[index.order], image_size)
+    offset, size = tf.constant(index.offset), tf.constant(index.size)
+    n_alphabets = len(first_class)
+    first_class = tf.constant(first_class, tf.int32)
+    alphabet_sizes = tf.constant(alphabet_sizes, tf.int32)
+    max_characters, max_drawers = int(alphabet_sizes.numpy().max()), int(index.size.max())
+
+    def make_batch(batch_seed):
+        s = tf.unstack(tf.random.experimental.stateless_split(batch_seed, num=4))
+        chosen = _random_subsets(s[0], tf.fill((1,), n_alphabets), alphabets, n_alphabets)[0]
+        chars = _random_subsets(s[1], tf.gather(alphabet_sizes, chosen), characters, max_characters)
+        classes = tf.reshape(tf.gather(first_class, chosen)[:, None] + chars, [-1])
+        picks = _random_subsets(s[2], tf.gather(size, classes), drawers, max_drawers)
+        x = tf.gather(images, tf.reshape(tf.gather(offset, classes)[:, None] + picks, [-1]))
+        if distortion is not None:
+            x = distort(x, s[3], distortion)
+        return x, tf.repeat(classes, drawers)
+
+    return _seeded_batches(make_batch, steps, seed)

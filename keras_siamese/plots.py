@@ -589,7 +589,7 @@ def plot_accuracy_versus_time(
         targets: label to accuracy, drawn as horizontal reference lines (the paper's figure).
     """
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (label, (minutes, values)), colour in zip(runs.items(), plt.get_cmap("tab10").colors * 2):
+    for (label, (minutes, values)), colour in zip(runs.items(), plt.get_cmap("tab20").colors * 2):
         single = len(minutes) == 1  # a final figure rather than a curve: a bigger mark
         ax.plot(minutes, values, marker="D" if single else ".", markersize=7 if single else 6,
                 linestyle="none" if single else "-", color=colour, label=label)

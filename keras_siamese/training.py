@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import tensorflow as tf
+from keras import ops
 
 from keras_siamese.augmentation import Distortion
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import OmniglotImages
 from keras_siamese.evaluation import SiameseScorer, accuracy, within_alphabet_tasks
-from keras_siamese.model import build_siamese, layer_names
+from keras_siamese.model import build_all_pairs_trainer, build_siamese, layer_names
 from keras_siamese.optimizers import LayerwiseSGD
-from keras_siamese.pairs import pair_dataset
+from keras_siamese.pairs import character_batch_dataset, pair_dataset
 
 VAL_METRIC = "val_one_shot_accuracy"
 
@@ -53,21 +55,85 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     )
 
 
+def _pair_masks(y_true, y_pred):
+    """``(same, different)`` float masks shaped like the ``(G, n, n)`` pair scores, diagonals excluded."""
+    groups, n = ops.shape(y_pred)[0], ops.shape(y_pred)[-1]
+    labels = ops.reshape(y_true, (groups, n))
+    same = ops.cast(ops.equal(labels[:, :, None], labels[:, None, :]), "float32")
+    off_diagonal = 1.0 - ops.eye(n, dtype="float32")
+    return same * off_diagonal, 1.0 - same
+
+
+def _balanced_mean(values, same, different):
+    """Mean over same pairs and mean over different pairs, weighted half each."""
+    return 0.5 * ops.sum(values * same) / ops.maximum(ops.sum(same), 1.0) + 0.5 * ops.sum(
+        values * different
+    ) / ops.maximum(ops.sum(different), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="keras_siamese")
+class AllPairsCrossEntropy(keras.losses.Loss):
+    """Binary cross-entropy over every pair of a batch, same and different weighted half each.
+
+    ``y_true`` is the character of each of the ``B`` images, ``y_pred`` the
+    ``(G, n, n)`` probabilities of ``model.build_all_pairs_trainer`` (pairs
+    within each of ``G`` groups of ``n = B / G`` images). An image is never
+    paired with itself. Weighting the two kinds of pair equally keeps the
+    paper's balanced batches although most pairs of a batch are different.
+    """
+
+    def __init__(self, name: str = "all_pairs_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        same, different = _pair_masks(y_true, y_pred)
+        bce = ops.binary_crossentropy(same, y_pred)
+        return _balanced_mean(bce, same, different)
+
+
+def all_pairs_accuracy(y_true, y_pred):
+    """Balanced verification accuracy (``p > 0.5``) over the pairs that ``AllPairsCrossEntropy`` sees."""
+    same, different = _pair_masks(y_true, y_pred)
+    correct = ops.cast(ops.equal(ops.cast(y_pred > 0.5, "float32"), same), "float32")
+    return _balanced_mean(correct, same, different)
+
+
 class OneShotValidation(keras.callbacks.Callback):
     """Adds the N-way one-shot accuracy on fixed tasks to each epoch's logs.
 
     It must come before the callbacks that read the metric (early stopping,
     checkpointing, CSV logging).
+
+    Args:
+        tasks: the validation tasks.
+        model: the Siamese model to score; by default the model being fitted.
     """
 
-    def __init__(self, tasks, metric: str = VAL_METRIC):
+    def __init__(self, tasks, metric: str = VAL_METRIC, model: keras.Model | None = None):
         super().__init__()
         self.tasks = tasks
         self.metric = metric
+        self.siamese = model
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs[self.metric] = accuracy(SiameseScorer(self.model)(self.tasks), self.tasks)
+            scorer = SiameseScorer(self.siamese or self.model)
+            logs[self.metric] = accuracy(scorer(self.tasks), self.tasks)
+
+
+class SiameseCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that saves a given model rather than the one being fitted.
+
+    With all-pairs training ``fit`` runs on a training view that shares its
+    weights with the Siamese model; the checkpoint must still be the Siamese model.
+    """
+
+    def __init__(self, siamese: keras.Model, filepath, **kwargs):
+        super().__init__(filepath, **kwargs)
+        self.siamese = siamese
+
+    def set_model(self, model):
+        super().set_model(self.siamese)
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -122,41 +188,19 @@ def train(
     config_path.write_text(config.to_json())
 
     keras.utils.set_random_seed(config.seed)
-    size = config.model.image_size
-    train_ds = pair_dataset(
-        splits["train"],
-        image_size=size,
-        batch_size=config.batch_size,
-        steps=config.steps_per_epoch,
-        seed=config.seed,
-        distortion=Distortion() if config.distort else None,
-        within_alphabet=config.within_alphabet,
-    )
-    # Fixed validation pairs: drawn once and cached, so val_loss is comparable.
-    val_ds = pair_dataset(
-        splits["validation"],
-        image_size=size,
-        batch_size=config.batch_size,
-        steps=config.val_pair_steps,
-        seed=config.seed + 1,
-        distortion=None,
-    ).cache()
+    train_ds, val_ds = datasets(config, splits)
     val_tasks = within_alphabet_tasks(
         splits["validation"], config.val_tasks, way=config.way, seed=config.seed + 2
     )
 
-    model = build_siamese(config.model)
-    model.compile(
-        optimizer=make_optimizer(config),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
-    )
+    model, fitted = compiled_models(config)
     best_path = run_dir / "best.keras"
     log_path = run_dir / "log.csv"
     callbacks: list[keras.callbacks.Callback] = [
-        OneShotValidation(val_tasks),
+        OneShotValidation(val_tasks, model=model),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(
+        SiameseCheckpoint(
+            model,
             best_path,
             monitor=VAL_METRIC,
             mode="max",
@@ -170,7 +214,7 @@ def train(
     ]
     if config.max_minutes:
         callbacks.append(TimeLimit(config.max_minutes))
-    model.fit(
+    fitted.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
@@ -183,13 +227,68 @@ def train(
     return model, read_history(log_path)
 
 
+def compiled_models(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
+    """A new Siamese model, and the compiled model that ``fit`` trains for it.
+
+    With random pairs that is the Siamese model itself, with its binary
+    cross-entropy; with all pairs it is its all-pairs view
+    (``model.build_all_pairs_trainer``) with :class:`AllPairsCrossEntropy`.
+    Both report the verification accuracy of their pairs as ``accuracy``.
+    """
+    model = build_siamese(config.model)
+    if config.pair_sampling != "random":
+        groups = config.batch_alphabets if config.pair_sampling == "alphabet" else 1
+        fitted = build_all_pairs_trainer(model, groups)
+        loss = AllPairsCrossEntropy()
+        pair_accuracy = keras.metrics.MeanMetricWrapper(all_pairs_accuracy, name="accuracy")
+    else:
+        fitted = model
+        loss = keras.losses.BinaryCrossentropy()
+        pair_accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
+    fitted.compile(optimizer=make_optimizer(config), loss=loss, metrics=[pair_accuracy])
+    return model, fitted
+
+
+def datasets(
+    config: TrainConfig, splits: dict[str, OmniglotImages]
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Training batches (new each epoch) and fixed, cached validation batches for ``config``."""
+    size = config.model.image_size
+    distortion = Distortion() if config.distort else None
+    if config.pair_sampling != "random":
+        shape = dict(
+            alphabets=config.batch_alphabets,
+            characters=config.batch_characters,
+            drawers=config.batch_drawers,
+        )
+        train = character_batch_dataset(
+            splits["train"], image_size=size, steps=config.steps_per_epoch, seed=config.seed,
+            distortion=distortion, **shape,
+        )
+        val = character_batch_dataset(
+            splits["validation"], image_size=size, steps=config.val_pair_steps,
+            seed=config.seed + 1, distortion=None, **shape,
+        )
+        return train, val.cache()
+    train = pair_dataset(
+        splits["train"], image_size=size, batch_size=config.batch_size,
+        steps=config.steps_per_epoch, seed=config.seed, distortion=distortion,
+        within_alphabet=config.within_alphabet,
+    )
+    # Fixed validation pairs: drawn once and cached, so val_loss is comparable.
+    val = pair_dataset(
+        splits["validation"], image_size=size, batch_size=config.batch_size,
+        steps=config.val_pair_steps, seed=config.seed + 1, distortion=None,
+    )
+    return train, val.cache()
+
+
 def epoch_minutes(run_dir: str | Path) -> list[float]:
     """Minutes from the start of training to the end of each epoch, from the TensorBoard logs.
 
     The TensorBoard callback time-stamps each epoch's validation metrics; the training
     writer's first event marks the start. A resumed run counts the time it was stopped.
     """
-    import tensorflow as tf
     from tensorflow.core.util import event_pb2
 
     def events(folder: str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -201,6 +203,19 @@ def test_test_time_augmentation_averages_distorted_views(small_model, koch_tasks
     np.testing.assert_array_equal(augmented, scorer(koch_tasks))  # seeded: repeatable
     other_seed = evaluation.SiameseScorer(small_model, views=4, seed=2)(koch_tasks)
     assert not np.allclose(augmented, other_seed)
+
+
+def test_test_time_augmentation_views_do_not_depend_on_the_batch(small_model, koch_tasks):
+    """A view is a fixed transform: scoring a subset of the tasks gives the same scores."""
+    scorer = evaluation.SiameseScorer(small_model, views=3, seed=1)
+    subset = dataclasses.replace(
+        koch_tasks,
+        queries=koch_tasks.queries[:5],
+        candidates=koch_tasks.candidates[:5],
+        answers=koch_tasks.answers[:5],
+        groups=koch_tasks.groups[:5],
+    )
+    np.testing.assert_allclose(scorer(subset), scorer(koch_tasks)[:5], atol=1e-6)
 
 
 def test_evaluate_reports_test_time_augmentation(small_model, test_split, lake_runs):

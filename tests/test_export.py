@@ -180,6 +180,8 @@ def test_signatures_and_their_named_inputs_and_outputs(model, tmp_path):
         "embed_encoded": ({"images": tf.string}, ["embedding"]),
         "one_shot": ({"queries": tf.float32, "support": tf.float32}, ["best", "scores"]),
         "one_shot_encoded": ({"queries": tf.string, "support": tf.string}, ["best", "scores"]),
+        "one_shot_tta": ({"queries": tf.float32, "support": tf.float32}, ["best", "scores"]),
+        "one_shot_tta_encoded": ({"queries": tf.string, "support": tf.string}, ["best", "scores"]),
     }
     for name, (inputs, outputs) in expected.items():
         specs = signatures[name].structured_input_signature[1]
@@ -248,18 +250,32 @@ def test_lake_runs_through_the_png_signature_match_the_offline_evaluation(
     """Lake's 400 trials sent as the zip's own PNG files score exactly as offline."""
     _, _, model, _ = trained_run
     target = export.export_saved_model(model, tmp_path, "siamese")
-    one_shot = tf.saved_model.load(str(target)).signatures["one_shot_encoded"]
     tasks = evaluation.lake_tasks(lake_runs)
     offline = evaluation.SiameseScorer(model)(tasks)
-    served = np.stack([
-        one_shot(
-            queries=tf.constant(list(lake_runs.test_files[run])),
-            support=tf.constant(list(lake_runs.training_files[run])),
-        )["scores"].numpy()
-        for run in range(len(lake_runs.answers))
-    ]).reshape(offline.shape)
+    served = evaluation.saved_model_lake_scores(target, lake_runs)
     np.testing.assert_allclose(served, offline, atol=1e-5)
     assert evaluation.accuracy(served, tasks) == evaluation.accuracy(offline, tasks)
+
+
+def test_test_time_augmentation_signature_matches_the_offline_scorer(
+    trained_run, lake_runs, tmp_path
+):
+    """``one_shot_tta`` averages the same fixed views as ``SiameseScorer(views=...)``."""
+    _, _, model, _ = trained_run
+    target = export.export_saved_model(model, tmp_path, "siamese", views=4)
+    tasks = evaluation.lake_tasks(lake_runs)
+    offline = evaluation.SiameseScorer(model, views=4)(tasks)
+    served = evaluation.saved_model_lake_scores(target, lake_runs, augmented=True)
+    np.testing.assert_allclose(served, offline, atol=1e-5)
+    assert not np.allclose(served, evaluation.SiameseScorer(model)(tasks), atol=1e-3)
+    # Pixel arrays through one_shot_tta score as the files do.
+    signatures = tf.saved_model.load(str(target)).signatures
+    pixels = signatures["one_shot_tta"](
+        queries=lake_runs.test[0].astype(np.float32),
+        support=lake_runs.training[0].astype(np.float32),
+    )
+    np.testing.assert_allclose(pixels["scores"].numpy(), offline[:20], atol=1e-5)
+    np.testing.assert_array_equal(pixels["best"].numpy(), np.argmax(offline[:20], axis=1))
 
 
 def test_mixed_precision_export_serves_float32(small_config, omniglot, tmp_path):
@@ -270,3 +286,4 @@ def test_mixed_precision_export_serves_float32(small_config, omniglot, tmp_path)
     assert signatures["serving_default"](left=images, right=images)["probability"].dtype == tf.float32
     assert signatures["embed"](images=images)["embedding"].dtype == tf.float32
     assert signatures["one_shot"](queries=images, support=images)["scores"].dtype == tf.float32
+    assert signatures["one_shot_tta"](queries=images, support=images)["scores"].dtype == tf.float32

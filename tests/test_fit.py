@@ -24,6 +24,7 @@ OPTIONS = [
     "--epochs",
     "--steps-per-epoch",
     "--batch-size",
+    "--pair-sampling",
     "--patience",
     "--image-size",
     "--learning-rate",
@@ -106,6 +107,10 @@ def test_fit_command_end_to_end(fit_run):
     assert float(match.group(2)) == pytest.approx(100 * metrics["lake_runs_1nn"], abs=0.051)
     assert 0.15 <= metrics["lake_runs_1nn"] <= 0.30
     assert metrics["epochs"] == 1
+    # Through the exported SavedModel, Lake's runs score as they do offline.
+    assert metrics["lake_runs_accuracy_saved_model"] == metrics["lake_runs_accuracy"]
+    assert metrics["lake_runs_accuracy_tta_saved_model"] == metrics["lake_runs_accuracy_tta"]
+    assert "Through the SavedModel:" in result.stdout
 
     for name in ("config.json", "log.csv", "best.keras"):
         assert (run_dir / name).is_file(), name

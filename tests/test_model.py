@@ -186,3 +186,21 @@ def test_mixed_precision_head_stays_float32(small_config):
     assert keras.backend.standardize_dtype(p.dtype) == "float32"
     assert tuple(p.shape) == (2, 1)
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(p)))
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_all_pairs_trainer_scores_every_pair_with_the_shared_weights(small_config, groups):
+    model = build_siamese(small_config(paper_init=False))
+    trainer = siamese_model.build_all_pairs_trainer(model, groups)
+    # One twin and one head: the trainer adds no weights of its own.
+    assert {id(w) for w in trainer.weights} == {id(w) for w in model.weights}
+    x = _pairs(small_config(paper_init=False))["left"]  # 6 images
+    matrix = np.asarray(trainer.predict(x, verbose=0, batch_size=len(x)))
+    n = len(x) // groups
+    assert matrix.shape == (groups, n, n) and matrix.dtype == np.float32
+    for g in range(groups):
+        block = x[g * n:(g + 1) * n]
+        left = np.repeat(block, n, axis=0)
+        right = np.tile(block, (n, 1, 1, 1))
+        pairs = model.predict({"left": left, "right": right}, verbose=0).reshape(n, n)
+        np.testing.assert_allclose(matrix[g], pairs, rtol=1e-5, atol=1e-6)

@@ -7,7 +7,12 @@ import pytest
 import tensorflow as tf
 
 from keras_siamese.augmentation import Distortion
-from keras_siamese.pairs import PairIndex, pair_dataset, sample_pair_indices
+from keras_siamese.pairs import (
+    PairIndex,
+    character_batch_dataset,
+    pair_dataset,
+    sample_pair_indices,
+)
 from keras_siamese.preprocessing import to_model_input
 
 SIZE = 28
@@ -150,3 +155,57 @@ def test_a_character_with_one_image_is_rejected(small_train):
     keep = (small_train.character != small_train.character[0]) | (small_train.drawer == 1)
     with pytest.raises(ValueError, match="at least two images"):
         PairIndex.from_split(small_train.select(keep))
+
+
+def _character_batches(split, steps=2, seed=0, distortion=None, **shape):
+    shape = {"alphabets": 3, "characters": 4, "drawers": 3, **shape}
+    return character_batch_dataset(
+        split, image_size=SIZE, steps=steps, seed=seed, distortion=distortion, **shape
+    )
+
+
+def test_character_batches_hold_whole_characters_of_a_few_alphabets(small_train):
+    index = PairIndex.from_split(small_train)
+    ordered = to_model_input(small_train.images[index.order], SIZE).numpy()
+    class_alphabet = small_train.alphabet[index.order][index.offset]
+    class_character = small_train.character[index.order][index.offset]
+    for x, y in _character_batches(small_train, steps=3):
+        x, y = x.numpy(), y.numpy()
+        assert x.shape == (3 * 4 * 3, SIZE, SIZE, 1) and x.dtype == np.float32
+        assert y.shape == (36,) and y.dtype == np.int32
+        # 12 characters, 3 drawings each, in blocks: 4 characters of each of 3 alphabets.
+        classes = y[::3]
+        np.testing.assert_array_equal(y, np.repeat(classes, 3))
+        assert len(np.unique(classes)) == 12
+        alphabets = class_alphabet[classes].reshape(3, 4)
+        assert all(len(set(row)) == 1 for row in alphabets)
+        assert len({row[0] for row in alphabets}) == 3
+        # Every image is a drawing of its character, each drawing at most once
+        # (undistorted, so the pixels can be matched).
+        for i, c in enumerate(y):
+            rows = index.offset[c] + np.arange(index.size[c])
+            hits = [r for r in rows if np.array_equal(ordered[r], x[i])]
+            assert hits, f"image {i} is not a drawing of character {class_character[c]}"
+        for c in classes:
+            block = x[y == c].reshape(3, -1)
+            assert len({b.tobytes() for b in block}) == 3
+
+
+def test_character_batches_are_reproducible_and_new_each_epoch(small_train):
+    dataset = _character_batches(small_train, distortion=Distortion())
+    first = [(x.numpy(), y.numpy()) for x, y in dataset]
+    second = [(x.numpy(), y.numpy()) for x, y in dataset]
+    again = [(x.numpy(), y.numpy()) for x, y in _character_batches(small_train, distortion=Distortion())]
+    for (x1, y1), (x2, y2) in zip(first, again):
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(x1, x2)
+    assert any(not np.array_equal(y1, y2) for (_, y1), (_, y2) in zip(first, second))
+
+
+def test_character_batches_reject_shapes_the_split_cannot_fill(small_train):
+    with pytest.raises(ValueError, match="13 drawers per character"):
+        _character_batches(small_train, drawers=13)
+    with pytest.raises(ValueError, match="4 alphabets of 4 characters"):
+        _character_batches(small_train, alphabets=4)
+    with pytest.raises(ValueError, match="alphabets of 200 characters"):
+        _character_batches(small_train, characters=200)

@@ -158,6 +158,14 @@ def test_client_embed_and_one_shot_from_files(client, signatures, images, tmp_pa
     np.testing.assert_array_equal(best, scores.argmax(axis=1))
     array_scores, _ = client.one_shot(images[:2], images[2:])
     np.testing.assert_allclose(scores, array_scores, atol=1e-6)
+    # Test-time augmentation through one_shot_tta(_encoded): the signature's own scores.
+    augmented, augmented_best = client.one_shot(paths[:2], paths[2:], augmented=True)
+    expected = signatures["one_shot_tta"](
+        queries=images[:2].astype(np.float32), support=images[2:].astype(np.float32)
+    )
+    np.testing.assert_allclose(augmented, expected["scores"].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(augmented_best, expected["best"].numpy())
+    assert not np.allclose(augmented, scores, atol=1e-4)
 
 
 def test_lake_runs_over_rest_with_png_bytes_match_the_offline_evaluation(
@@ -371,6 +379,11 @@ def test_grpc_status_and_predictions_match_rest(grpc_client, client, images):
     grpc_scores, grpc_best = grpc_client.one_shot(files[:2], files)
     rest_scores, rest_best = client.one_shot(files[:2], files)
     np.testing.assert_allclose(grpc_scores, rest_scores, atol=1e-6)
+    np.testing.assert_allclose(
+        grpc_client.one_shot(files[:2], files, augmented=True)[0],
+        client.one_shot(files[:2], files, augmented=True)[0],
+        atol=1e-6,
+    )
     np.testing.assert_array_equal(grpc_best, rest_best)
     assert grpc_client.embed(images).shape == client.embed(images).shape
 

@@ -14,7 +14,6 @@ from keras_siamese import training
 from keras_siamese.config import TrainConfig
 from keras_siamese.evaluation import SiameseScorer, accuracy, within_alphabet_tasks
 from keras_siamese.model import build_siamese
-from keras_siamese.pairs import pair_dataset
 
 
 def _log_rows(run_dir) -> list[dict[str, str]]:
@@ -145,18 +144,75 @@ def test_a_killed_run_resumes_from_its_last_epoch(
 
 @pytest.mark.parametrize("name", sorted(config_module.PRESETS))
 def test_every_preset_resolves_and_trains_a_few_steps(name, splits):
-    """Each preset's network, optimiser and pipeline, at a tiny batch (speed is bench/'s job)."""
+    """Each preset's network, optimiser, loss and pipeline, at a tiny batch (speed is bench/'s job)."""
     config = config_module.preset(name)
     assert config.preset == name
     assert config_module.TrainConfig.from_json(config.to_json()) == config
-    model = build_siamese(config.model)
-    model.compile(optimizer=training.make_optimizer(config), loss="binary_crossentropy")
-    pairs = pair_dataset(
-        splits["train"], image_size=config.model.image_size, batch_size=4, steps=2, seed=0,
-        within_alphabet=config.within_alphabet,
+    config = config.replace(
+        batch_size=4, batch_alphabets=2, batch_characters=2, batch_drawers=2,
+        steps_per_epoch=2, val_pair_steps=1,
     )
-    history = model.fit(pairs, epochs=1, verbose=0)
+    model, fitted = training.compiled_models(config)
+    assert (fitted is model) == (config.pair_sampling == "random")
+    train_batches, val_batches = training.datasets(config, splits)
+    history = fitted.fit(train_batches, validation_data=val_batches, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+    assert np.isfinite(history.history["val_loss"]).all()
+
+
+def test_all_pairs_cross_entropy_weighs_same_and_different_pairs_equally():
+    labels = np.array([0, 0, 1, 2], np.int32)
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.05, 0.95, (1, 4, 4)).astype(np.float32)
+    same = (labels[:, None] == labels[None, :]) & ~np.eye(4, dtype=bool)
+    different = labels[:, None] != labels[None, :]
+    bce = -(np.where(same, np.log(p[0]), np.log(1 - p[0])))
+    expected = 0.5 * bce[same].mean() + 0.5 * bce[different].mean()
+    loss = training.AllPairsCrossEntropy()(labels, p)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    # The diagonal (an image with itself) counts for nothing.
+    changed = p.copy()
+    np.fill_diagonal(changed[0], 0.001)
+    assert float(training.AllPairsCrossEntropy()(labels, changed)) == pytest.approx(float(loss))
+    # Accuracy: the same balance, with p > 0.5 as the decision.
+    correct = (p[0] > 0.5) == same
+    expected_accuracy = 0.5 * correct[same].mean() + 0.5 * correct[different].mean()
+    assert float(training.all_pairs_accuracy(labels, p)) == pytest.approx(expected_accuracy)
+
+
+def test_all_pairs_cross_entropy_pairs_within_groups_only():
+    """Two groups of three images: pairs across the groups are not scored."""
+    labels = np.array([0, 0, 1, 2, 3, 3], np.int32)
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.05, 0.95, (2, 3, 3)).astype(np.float32)
+    same, different = [], []
+    for g in range(2):
+        group = labels[3 * g:3 * g + 3]
+        s = (group[:, None] == group[None, :]) & ~np.eye(3, dtype=bool)
+        bce = -(np.where(s, np.log(p[g]), np.log(1 - p[g])))
+        same.append(bce[s])
+        different.append(bce[group[:, None] != group[None, :]])
+    expected = 0.5 * np.concatenate(same).mean() + 0.5 * np.concatenate(different).mean()
+    assert float(training.AllPairsCrossEntropy()(labels, p)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("pair_sampling", ["all", "alphabet"])
+def test_all_pairs_training_trains_and_saves_the_siamese_model(splits, tmp_path, pair_sampling):
+    config = config_module.preset("smoke").replace(
+        pair_sampling=pair_sampling, batch_alphabets=2, batch_characters=4, batch_drawers=3,
+        epochs=2, steps_per_epoch=15,
+    )
+    model, history = training.train(config, splits, tmp_path / "run", verbose=0)
+    assert set(model.input) == {"left", "right"}
+    assert history["loss"][-1] < history["loss"][0]
+    for column in ("accuracy", "val_loss", "val_accuracy", training.VAL_METRIC):
+        assert len(history[column]) == 2
+    best = keras.models.load_model(tmp_path / "run" / "best.keras")
+    assert best.name == "siamese" and set(best.input) == {"left", "right"}
+    tasks = within_alphabet_tasks(splits["validation"], config.val_tasks, seed=config.seed + 2)
+    assert accuracy(SiameseScorer(best)(tasks), tasks) == pytest.approx(
+        max(history[training.VAL_METRIC])
+    )
 
 
 def test_epoch_minutes_from_the_tensorboard_logs(trained_run):

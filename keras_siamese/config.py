@@ -31,6 +31,8 @@ class TrainConfig:
             of which every pair is a training pair (see
             ``pairs.character_batch_dataset``); "alphabet": the same batches,
             training on the pairs within each alphabet only.
+        train_drawers: train on drawers 1 to this of the 30 background alphabets
+            (the paper: 12; 20 is the whole background set, see ``data.paper_split``).
         batch_size: pairs per step (the paper: 128) with random pairs.
         batch_alphabets: alphabets per batch with all pairs.
         batch_characters: characters of each alphabet per batch with all pairs.
@@ -60,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     model: ModelConfig = ModelConfig()
     pair_sampling: str = "random"
+    train_drawers: int = 12
     batch_size: int = 128
     batch_alphabets: int = 4
     batch_characters: int = 8

@@ -491,7 +491,9 @@ def _read_alphabet_file() -> tuple[tuple[str, ...], tuple[str, ...]]:
 LAKE_TEST_ALPHABETS, VALIDATION_ALPHABETS = _read_alphabet_file()
 
 
-def paper_split(data: Mapping[str, OmniglotImages]) -> dict[str, OmniglotImages]:
+def paper_split(
+    data: Mapping[str, OmniglotImages], train_drawers: int = len(TRAIN_DRAWERS)
+) -> dict[str, OmniglotImages]:
     """Cuts the two Omniglot splits into Koch et al.'s (2015) train/validation/test sets.
 
     * train: all 30 background alphabets, drawers 1-12;
@@ -500,6 +502,10 @@ def paper_split(data: Mapping[str, OmniglotImages]) -> dict[str, OmniglotImages]
 
     Args:
         data: `{"background": ..., "evaluation": ...}` as returned by `load_omniglot`.
+        train_drawers: train on drawers 1 to this of the background alphabets. The paper
+            uses 12 and leaves the background alphabets' other 8 drawers unused; 20 trains
+            on the whole background set, as Lake et al. do. Validation and test alphabets
+            are never in the background set, so this changes neither.
 
     Returns:
         `{"train": ..., "validation": ..., "test": ...}`.
@@ -515,8 +521,10 @@ def paper_split(data: Mapping[str, OmniglotImages]) -> dict[str, OmniglotImages]
             f"evaluation split: found alphabets {sorted(found)}; expected {sorted(expected)} "
             f"(from {_ALPHABETS_FILE.name})."
         )
+    if not 1 <= train_drawers <= NUM_DRAWERS:
+        raise ValueError(f"train_drawers must be between 1 and {NUM_DRAWERS}, got {train_drawers}")
     return {
-        "train": background.select(np.isin(background.drawer, TRAIN_DRAWERS)),
+        "train": background.select(background.drawer <= train_drawers),
         "validation": evaluation.select(
             np.isin(evaluation.alphabet, VALIDATION_ALPHABETS)
             & np.isin(evaluation.drawer, VALIDATION_DRAWERS)

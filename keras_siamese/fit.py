@@ -50,13 +50,16 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN_DIR",
         default=None,
-        help="continue a killed run from its last finished epoch, with its config.json",
+        help="continue a killed run from its last finished epoch, with its config.json "
+        "(a run killed after training goes straight to evaluation and export)",
     )
     out.add_argument("--export-dir", default="saved_models", help="TF Serving base folder")
     out.add_argument("--model-name", default="siamese", help="model name under --export-dir")
     out.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     over = parser.add_argument_group("overrides (default: the preset's value)")
-    for field in ("seed", "epochs", "steps_per_epoch", "batch_size", "patience", "image_size"):
+    for field in (
+        "seed", "epochs", "steps_per_epoch", "batch_size", "patience", "image_size", "train_drawers"
+    ):
         over.add_argument(f"--{field.replace('_', '-')}", type=int, default=None)
     for field in ("learning_rate", "within_alphabet"):
         over.add_argument(f"--{field.replace('_', '-')}", type=float, default=None)
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs = data.load_lake_runs(args.data_dir)
     except data.OmniglotDataError as error:
         raise SystemExit(f"error: {error}") from None
-    splits = data.paper_split(omniglot)
+    splits = data.paper_split(omniglot, config.train_drawers)
     print(", ".join(f"{name}: {len(split):,} images" for name, split in splits.items()))
 
     train_started = time.monotonic()

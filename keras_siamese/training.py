@@ -173,7 +173,8 @@ def train(
         config: the run's configuration.
         splits: ``"train"`` and ``"validation"`` images (see ``data.paper_split``).
         run_dir: the run folder; if it holds a backup of a killed run with the
-            same configuration, training resumes from its last epoch.
+            same configuration, training resumes from its last epoch, and if it
+            holds a finished run, that run's best model is returned untrained.
         verbose: ``model.fit``'s verbosity (progress bars by default).
 
     Returns:
@@ -186,6 +187,13 @@ def train(
     if config_path.exists() and TrainConfig.load(config_path) != config:
         raise ValueError(f"{run_dir} holds a run with a different configuration ({config_path})")
     config_path.write_text(config.to_json())
+    best_path = run_dir / "best.keras"
+    log_path = run_dir / "log.csv"
+    backup_dir = run_dir / "backup"
+    if best_path.exists() and _best_so_far(log_path) is not None and not backup_dir.exists():
+        # BackupAndRestore deletes its backup when training ends, so this run's training has
+        # finished: resuming a run killed later (in evaluation or export) must not retrain it.
+        return keras.models.load_model(best_path), read_history(log_path)
 
     keras.utils.set_random_seed(config.seed)
     train_ds, val_ds = datasets(config, splits)
@@ -194,8 +202,6 @@ def train(
     )
 
     model, fitted = compiled_models(config)
-    best_path = run_dir / "best.keras"
-    log_path = run_dir / "log.csv"
     callbacks: list[keras.callbacks.Callback] = [
         OneShotValidation(val_tasks, model=model),
         keras.callbacks.TerminateOnNaN(),
@@ -208,7 +214,7 @@ def train(
             initial_value_threshold=_best_so_far(log_path),
         ),
         keras.callbacks.EarlyStopping(monitor=VAL_METRIC, mode="max", patience=config.patience),
-        keras.callbacks.BackupAndRestore(run_dir / "backup"),
+        keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.CSVLogger(log_path, append=True),
         keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False),
     ]

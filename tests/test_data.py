@@ -119,6 +119,23 @@ def test_paper_split_sizes(omniglot):
     assert set(splits["train"].alphabet) == set(omniglot["background"].alphabet)
 
 
+def test_paper_split_can_train_on_every_background_drawer(omniglot):
+    paper, whole = data.paper_split(omniglot), data.paper_split(omniglot, train_drawers=20)
+    assert len(whole["train"]) == len(omniglot["background"]) == 964 * 20
+    assert set(whole["train"].drawer) == set(range(1, 21))
+    # Only training changes: validation and test alphabets are not background alphabets.
+    for name in ("validation", "test"):
+        np.testing.assert_array_equal(whole[name].images, paper[name].images)
+    assert not set(whole["train"].alphabet) & set(whole["validation"].alphabet)
+    assert not set(whole["train"].alphabet) & set(whole["test"].alphabet)
+
+
+@pytest.mark.parametrize("drawers", [0, 21])
+def test_paper_split_rejects_a_drawer_count_out_of_range(omniglot, drawers):
+    with pytest.raises(ValueError, match="train_drawers must be between 1 and 20"):
+        data.paper_split(omniglot, train_drawers=drawers)
+
+
 def test_paper_split_is_disjoint(omniglot):
     splits = data.paper_split(omniglot)
     alphabets = {name: set(split.alphabet) for name, split in splits.items()}

@@ -27,6 +27,7 @@ OPTIONS = [
     "--pair-sampling",
     "--patience",
     "--image-size",
+    "--train-drawers",
     "--learning-rate",
     "--within-alphabet",
     "--max-minutes",

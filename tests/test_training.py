@@ -141,6 +141,15 @@ def test_a_killed_run_resumes_from_its_last_epoch(
     assert (run_dir / "best.keras").is_file()
     assert model.count_params() == build_siamese(run_config.model).count_params()
 
+    # Resuming the finished run (say, killed during its export) trains nothing more.
+    log_before = (run_dir / "log.csv").read_text()
+    again, history_again = training.train(run_config, splits, run_dir, verbose=0)
+    assert history_again == history
+    assert (run_dir / "log.csv").read_text() == log_before
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    pair = {"left": x, "right": x[::-1]}
+    np.testing.assert_array_equal(again.predict(pair, verbose=0), model.predict(pair, verbose=0))
+
 
 @pytest.mark.parametrize("name", sorted(config_module.PRESETS))
 def test_every_preset_resolves_and_trains_a_few_steps(name, splits):

@@ -496,7 +496,7 @@ def paper_split(
 ) -> dict[str, OmniglotImages]:
     """Cuts the two Omniglot splits into Koch et al.'s (2015) train/validation/test sets.
 
-    * train: all 30 background alphabets, drawers 1-12;
+    * train: all 30 background alphabets, drawers 1-12 (1 to ``train_drawers``);
     * validation: the 10 evaluation alphabets not used by Lake's runs, drawers 13-16;
     * test: the 10 evaluation alphabets Lake's runs come from, drawers 17-20.
 

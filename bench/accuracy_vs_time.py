@@ -30,7 +30,9 @@ def main() -> None:
         history = training.read_history(run / "log.csv")
         minutes = training.epoch_minutes(run)
         values = history[training.VAL_METRIC][: len(minutes)]
-        name = f"{config.preset}, {config.pair_sampling} pairs"
+        name = f"{config.preset}, {config.pair_sampling} pairs, seed {config.seed}"
+        if f"{name}: validation" in curves:  # the same configuration run again (other code)
+            name += f" ({'-'.join(run.name.split('-')[:2])})"
         curves[f"{name}: validation"] = (minutes[: len(values)], values)
         metrics = json.loads((run / "metrics.json").read_text())
         lake, tta = metrics["lake_runs_accuracy"], metrics.get("lake_runs_accuracy_tta")

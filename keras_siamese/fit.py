@@ -61,10 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         "seed", "epochs", "steps_per_epoch", "batch_size", "patience", "image_size", "train_drawers"
     ):
         over.add_argument(f"--{field.replace('_', '-')}", type=int, default=None)
-    for field in ("learning_rate", "within_alphabet"):
+    for field in ("learning_rate", "within_alphabet", "ema_momentum"):
         over.add_argument(f"--{field.replace('_', '-')}", type=float, default=None)
     over.add_argument("--max-minutes", type=float, default=None,
-                      help="stop training after the first epoch past this (0: no limit)")
+                      help="end training within this many minutes: no epoch starts that "
+                      "might end past it (0: no limit)")
     over.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
     over.add_argument(
         "--pair-sampling",

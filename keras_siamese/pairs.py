@@ -108,18 +108,31 @@ def sample_pair_indices(
     return left, right, label
 
 
-def _seeded_batches(make_batch, steps: int, seed: int) -> tf.data.Dataset:
-    """``steps`` batches per epoch, ``make_batch(stateless_seed)`` each, prefetched.
+def _seeded_batches(
+    make_batch, steps: int | None, seed: int, first_step: tf.Variable | int = 0
+) -> tf.data.Dataset:
+    """Batches ``make_batch(stateless_seed)``, made in parallel and prefetched.
 
-    The batch seeds come from ``Dataset.random(rerandomize_each_iteration=True)``:
-    the same ``seed`` gives the same batches epoch by epoch, and every epoch new ones.
+    With ``steps``, each iteration is ``steps`` batches, new ones every
+    iteration: the seeds come from ``Dataset.random(rerandomize_each_iteration=True)``.
+    With ``steps=None`` the dataset is one endless stream whose batch ``k`` has
+    the seed ``(seed, first_step + k)``: what ``fit(steps_per_epoch=...)`` reads
+    through a single iterator, and what a resumed run continues where the killed
+    one stopped, ``first_step`` being a variable set before iteration starts.
     """
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    return (
-        seeds.batch(2, drop_remainder=True)
-        .take(steps)
-        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(tf.data.AUTOTUNE)
+    if steps is None:
+        steps_taken = tf.data.Dataset.counter(dtype=tf.int64)
+        seeds = steps_taken.map(
+            lambda k: tf.stack([tf.constant(seed, tf.int64), k + tf.cast(first_step, tf.int64)])
+        )
+    else:
+        seeds = (
+            tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            .batch(2, drop_remainder=True)
+            .take(steps)
+        )
+    return seeds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
+        tf.data.AUTOTUNE
     )
 
 
@@ -128,15 +141,18 @@ def pair_dataset(
     *,
     image_size: int,
     batch_size: int,
-    steps: int,
+    steps: int | None,
     seed: int,
     distortion: Distortion | None = Distortion(),
     within_alphabet: float = 0.0,
+    first_step: tf.Variable | int = 0,
 ) -> tf.data.Dataset:
     """Balanced same/different pairs, ``steps`` batches per epoch.
 
     Each epoch draws new pairs and new distortions (``rerandomize_each_iteration``),
-    reproducibly from ``seed``. Elements are ``({"left": x1, "right": x2}, y)``
+    reproducibly from ``seed``; ``steps=None`` makes one endless stream for
+    ``fit(steps_per_epoch=...)``, starting at its batch ``first_step``.
+    Elements are ``({"left": x1, "right": x2}, y)``
     with ``x`` float32 ``(batch_size, image_size, image_size, 1)`` and ``y``
     float32 ``(batch_size, 1)``.
     """
@@ -155,7 +171,7 @@ def pair_dataset(
             x2 = distort(x2, right_seed, distortion)
         return {"left": x1, "right": x2}, label[:, None]
 
-    return _seeded_batches(make_batch, steps, seed)
+    return _seeded_batches(make_batch, steps, seed, first_step)
 
 
 def _random_subsets(seed, sizes, k: int, max_size: int) -> tf.Tensor:
@@ -175,9 +191,10 @@ def character_batch_dataset(
     alphabets: int,
     characters: int,
     drawers: int,
-    steps: int,
+    steps: int | None,
     seed: int,
     distortion: Distortion | None = Distortion(),
+    first_step: tf.Variable | int = 0,
 ) -> tf.data.Dataset:
     """Batches of characters for all-pairs training, ``steps`` batches per epoch.
 
@@ -190,7 +207,9 @@ def character_batch_dataset(
 
     Elements are ``(x, y)``: ``x`` float32 ``(B, image_size, image_size, 1)``
     and ``y`` int32 ``(B,)``, the character of each image (an index into the
-    split's characters). Reproducible from ``seed``, new batches each epoch.
+    split's characters). Reproducible from ``seed``, new batches each epoch;
+    ``steps=None`` makes one endless stream starting at its batch ``first_step``
+    (see ``pair_dataset``).
 
     Raises:
         ValueError: no alphabet has ``characters`` characters, or a character
@@ -228,4 +247,4 @@ def character_batch_dataset(
             x = distort(x, s[3], distortion)
         return x, tf.repeat(classes, drawers)
 
-    return _seeded_batches(make_batch, steps, seed)
+    return _seeded_batches(make_batch, steps, seed, first_step)

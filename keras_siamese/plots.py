@@ -588,7 +588,7 @@ def plot_accuracy_versus_time(
             one-shot accuracy (``training.epoch_minutes`` and the run's history).
         targets: label to accuracy, drawn as horizontal reference lines (the paper's figure).
     """
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     for (label, (minutes, values)), colour in zip(runs.items(), plt.get_cmap("tab20").colors * 2):
         single = len(minutes) == 1  # a final figure rather than a curve: a bigger mark
         ax.plot(minutes, values, marker="D" if single else ".", markersize=7 if single else 6,
@@ -600,6 +600,7 @@ def plot_accuracy_versus_time(
     ax.set(xlabel="training time (minutes)", ylabel="20-way one-shot accuracy", ylim=(0, 1))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    # Beside the axes: with several runs, a legend inside would cover the curves.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
     return _save(fig, path)

@@ -42,8 +42,10 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
         decay_rate=config.lr_decay,
         staircase=True,
     )
+    # Weight averaging (Polyak): see SwapEMAWeights in train().
+    ema = dict(use_ema=config.ema_momentum is not None, ema_momentum=config.ema_momentum or 0.99)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(schedule)
+        return keras.optimizers.Adam(schedule, **ema)
     if config.optimizer != "sgd":
         raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
     names = layer_names(config.model)
@@ -52,6 +54,7 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
         layer_multipliers=dict(zip(names, config.layer_lr_multipliers)),
         layer_momenta=dict(zip(names, config.final_momenta)),
         momentum_ramp_steps=config.momentum_ramp_epochs * config.steps_per_epoch,
+        **ema,
     )
 
 
@@ -136,19 +139,51 @@ class SiameseCheckpoint(keras.callbacks.ModelCheckpoint):
         super().set_model(self.siamese)
 
 
+class ContinueStream(keras.callbacks.Callback):
+    """Starts the training stream at the step that training starts from.
+
+    ``fit`` reads the endless training stream through one iterator, created after
+    ``on_train_begin``; by then ``BackupAndRestore`` (earlier in the list) has
+    restored the optimiser's step count, so a resumed run draws the batches the
+    killed one would have drawn next rather than the first epoch's again.
+    """
+
+    def __init__(self, first_step: tf.Variable):
+        super().__init__()
+        self.first_step = first_step
+
+    def on_train_begin(self, logs=None):
+        self.first_step.assign(ops.convert_to_numpy(self.model.optimizer.iterations))
+
+
 class TimeLimit(keras.callbacks.Callback):
-    """Stops training at the end of the first epoch past ``minutes``."""
+    """Stops training when another epoch might not end within ``minutes``.
+
+    The next epoch is assumed to take as long as the longest one so far (later
+    epochs can be slower on a busy machine), so training ends within the budget
+    rather than at the first epoch past it. The budget counts from the start of
+    this process's training: a resumed run gets a fresh one.
+    """
 
     def __init__(self, minutes: float):
         super().__init__()
         self.seconds = minutes * 60.0
 
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        self.start = self.epoch_start = time.monotonic()
+        self.longest = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        if time.monotonic() - self.start > self.seconds:
-            print(f"\nTime limit of {self.seconds / 60:.1f} min reached after epoch {epoch + 1}.")
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.epoch_start)
+        if now - self.start + self.longest > self.seconds:
+            print(
+                f"\nStopping after epoch {epoch + 1}: another would end past the "
+                f"{self.seconds / 60:.1f}-minute limit."
+            )
             self.model.stop_training = True
 
 
@@ -196,13 +231,24 @@ def train(
         return keras.models.load_model(best_path), read_history(log_path)
 
     keras.utils.set_random_seed(config.seed)
-    train_ds, val_ds = datasets(config, splits)
+    first_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    train_ds, val_ds = datasets(config, splits, first_step)
     val_tasks = within_alphabet_tasks(
         splits["validation"], config.val_tasks, way=config.way, seed=config.seed + 2
     )
 
     model, fitted = compiled_models(config)
     callbacks: list[keras.callbacks.Callback] = [
+        # First, so that a backup holds the raw weights (and their average in the
+        # optimiser) whether or not the averaged weights are swapped in below.
+        keras.callbacks.BackupAndRestore(backup_dir),
+        ContinueStream(first_step),
+    ]
+    if config.ema_momentum is not None:
+        # From each epoch's end to the next one's start the model holds the averaged
+        # weights: validation, the checkpoint (hence evaluation and export) see them.
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    callbacks += [
         OneShotValidation(val_tasks, model=model),
         keras.callbacks.TerminateOnNaN(),
         SiameseCheckpoint(
@@ -214,7 +260,6 @@ def train(
             initial_value_threshold=_best_so_far(log_path),
         ),
         keras.callbacks.EarlyStopping(monitor=VAL_METRIC, mode="max", patience=config.patience),
-        keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.CSVLogger(log_path, append=True),
         keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False),
     ]
@@ -224,6 +269,9 @@ def train(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
+        # One endless stream, one iterator: a new iterator each epoch stalled the
+        # start of some epochs by up to 40 s.
+        steps_per_epoch=config.steps_per_epoch,
         callbacks=callbacks,
         shuffle=False,  # pairs are drawn at random already
         verbose=verbose,
@@ -256,9 +304,12 @@ def compiled_models(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
 
 
 def datasets(
-    config: TrainConfig, splits: dict[str, OmniglotImages]
+    config: TrainConfig, splits: dict[str, OmniglotImages], first_step: tf.Variable | int = 0
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Training batches (new each epoch) and fixed, cached validation batches for ``config``."""
+    """The endless training stream from batch ``first_step``, and fixed, cached validation batches.
+
+    ``fit`` takes ``config.steps_per_epoch`` training batches per epoch.
+    """
     size = config.model.image_size
     distortion = Distortion() if config.distort else None
     if config.pair_sampling != "random":
@@ -268,8 +319,8 @@ def datasets(
             drawers=config.batch_drawers,
         )
         train = character_batch_dataset(
-            splits["train"], image_size=size, steps=config.steps_per_epoch, seed=config.seed,
-            distortion=distortion, **shape,
+            splits["train"], image_size=size, steps=None, seed=config.seed,
+            distortion=distortion, first_step=first_step, **shape,
         )
         val = character_batch_dataset(
             splits["validation"], image_size=size, steps=config.val_pair_steps,
@@ -278,8 +329,8 @@ def datasets(
         return train, val.cache()
     train = pair_dataset(
         splits["train"], image_size=size, batch_size=config.batch_size,
-        steps=config.steps_per_epoch, seed=config.seed, distortion=distortion,
-        within_alphabet=config.within_alphabet,
+        steps=None, seed=config.seed, distortion=distortion,
+        within_alphabet=config.within_alphabet, first_step=first_step,
     )
     # Fixed validation pairs: drawn once and cached, so val_loss is comparable.
     val = pair_dataset(

@@ -30,6 +30,7 @@ OPTIONS = [
     "--train-drawers",
     "--learning-rate",
     "--within-alphabet",
+    "--ema-momentum",
     "--max-minutes",
     "--batch-norm",
     "--no-batch-norm",

@@ -139,6 +139,21 @@ def test_each_epoch_draws_new_pairs(small_train):
         assert not np.array_equal(a, b)
 
 
+def test_an_endless_stream_starts_at_its_first_step(small_train):
+    kwargs = dict(image_size=SIZE, batch_size=8, steps=None, seed=3)
+    from_zero = _epoch(pair_dataset(small_train, **kwargs).take(5))
+    assert len(from_zero) == 5
+    assert not np.array_equal(from_zero[0], from_zero[1])
+    for a, b in zip(_epoch(pair_dataset(small_train, first_step=3, **kwargs).take(2)), from_zero[3:]):
+        np.testing.assert_array_equal(a, b)
+    # A variable is read when batches are made, so it can be set after the pipeline is built
+    # (as training does once a resumed run has restored its step count).
+    first_step = tf.Variable(0, dtype=tf.int64)
+    ds = pair_dataset(small_train, first_step=first_step, **kwargs).take(1)
+    first_step.assign(4)
+    np.testing.assert_array_equal(_epoch(ds)[0], from_zero[4])
+
+
 def test_distortion_changes_the_images_but_not_the_pairs(small_train):
     kwargs = dict(image_size=SIZE, batch_size=8, steps=1, seed=9)
     (x_plain, y_plain), = list(pair_dataset(small_train, distortion=None, **kwargs))

@@ -136,6 +136,9 @@ def test_a_killed_run_resumes_from_its_last_epoch(
     model, history = training.train(run_config, splits, run_dir, verbose=0)
     # Epochs 2 and 3 ran, epoch 1 did not run again.
     assert history["epoch"] == [0, 1, 2]
+    # ... on the batches an uninterrupted run trains on, not on the first epoch's again.
+    _, uninterrupted = training.train(run_config, splits, tmp_path / "uninterrupted", verbose=0)
+    np.testing.assert_allclose(history["loss"], uninterrupted["loss"], rtol=1e-4)
     assert [row["epoch"] for row in _log_rows(run_dir)] == ["0", "1", "2"]
     assert not (run_dir / "backup").exists()
     assert (run_dir / "best.keras").is_file()
@@ -164,7 +167,10 @@ def test_every_preset_resolves_and_trains_a_few_steps(name, splits):
     model, fitted = training.compiled_models(config)
     assert (fitted is model) == (config.pair_sampling == "random")
     train_batches, val_batches = training.datasets(config, splits)
-    history = fitted.fit(train_batches, validation_data=val_batches, epochs=1, verbose=0)
+    history = fitted.fit(
+        train_batches, validation_data=val_batches, epochs=1,
+        steps_per_epoch=config.steps_per_epoch, verbose=0,
+    )
     assert np.isfinite(history.history["loss"]).all()
     assert np.isfinite(history.history["val_loss"]).all()
 
@@ -229,3 +235,48 @@ def test_epoch_minutes_from_the_tensorboard_logs(trained_run):
     minutes = training.epoch_minutes(run_dir)
     assert len(minutes) == len(history["loss"]) == 2
     assert 0 < minutes[0] < minutes[1] < 30
+
+
+def _trainable_values(model: keras.Model) -> list[np.ndarray]:
+    return [np.asarray(w) for w in model.trainable_weights]
+
+
+def test_weight_averaging_checkpoints_the_averaged_weights(splits, tmp_path):
+    # Keras's moving average starts from the weights after the first step, so with a
+    # momentum of almost 1 the averaged model is that of a one-step run, not the trained one.
+    smoke = config_module.preset("smoke").replace(epochs=1, val_tasks=5, val_pair_steps=1)
+    one_step, _ = training.train(smoke.replace(steps_per_epoch=1), splits, tmp_path / "a", verbose=0)
+    trained, _ = training.train(smoke.replace(steps_per_epoch=8), splits, tmp_path / "b", verbose=0)
+    averaged, history = training.train(
+        smoke.replace(steps_per_epoch=8, ema_momentum=1 - 1e-7), splits, tmp_path / "c", verbose=0
+    )
+    assert history["loss"] and (tmp_path / "c" / "best.keras").exists()
+    for first, raw, average in zip(
+        _trainable_values(one_step), _trainable_values(trained), _trainable_values(averaged)
+    ):
+        np.testing.assert_allclose(average, first, atol=1e-4)
+    assert max(
+        np.abs(raw - first).max()
+        for first, raw in zip(_trainable_values(one_step), _trainable_values(trained))
+    ) > 1e-2
+
+
+def test_ema_momentum_is_checked():
+    with pytest.raises(ValueError, match="ema_momentum"):
+        TrainConfig(ema_momentum=1.0)
+
+
+def test_time_limit_starts_no_epoch_that_might_end_past_it(monkeypatch):
+    clock = iter([0.0, 0.0, 100.0, 100.0, 220.0])  # train and epoch 1 begin, ends, epoch 2...
+    monkeypatch.setattr(training.time, "monotonic", lambda: next(clock))
+    limit = training.TimeLimit(minutes=250 / 60)
+    limit.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    limit.model.stop_training = False
+    limit.on_train_begin()
+    limit.on_epoch_begin(0)
+    limit.on_epoch_end(0)  # 100 s so far, and another 100 s epoch ends at 200 s: go on
+    assert not limit.model.stop_training
+    limit.on_epoch_begin(1)
+    limit.on_epoch_end(1)  # 220 s, and the longest epoch (120 s) would end at 340 s: stop
+    assert limit.model.stop_training
+

@@ -225,7 +225,8 @@ def train(
     best_path = run_dir / "best.keras"
     log_path = run_dir / "log.csv"
     backup_dir = run_dir / "backup"
-    if best_path.exists() and _best_so_far(log_path) is not None and not backup_dir.exists():
+    best_so_far = _best_so_far(log_path)
+    if best_path.exists() and best_so_far is not None and not backup_dir.exists():
         # BackupAndRestore deletes its backup when training ends, so this run's training has
         # finished: resuming a run killed later (in evaluation or export) must not retrain it.
         return keras.models.load_model(best_path), read_history(log_path)
@@ -257,7 +258,7 @@ def train(
             monitor=VAL_METRIC,
             mode="max",
             save_best_only=True,
-            initial_value_threshold=_best_so_far(log_path),
+            initial_value_threshold=best_so_far,
         ),
         keras.callbacks.EarlyStopping(monitor=VAL_METRIC, mode="max", patience=config.patience),
         keras.callbacks.CSVLogger(log_path, append=True),

@@ -5,7 +5,8 @@
 For each run folder of ``python -m keras_siamese.fit``, plots the validation one-shot accuracy
 (the model-selection metric) at the end of each epoch against the training minutes, marks the
 final test figures from ``metrics.json`` (Lake's 20 runs, plain and with test-time augmentation),
-and prints them as a table.
+and prints them as a table. A folder of ``python -m keras_siamese.ensemble`` is marked at the
+training minutes of all its members together.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from keras_siamese import plots, training
 from keras_siamese.config import TrainConfig
 
+LAKE = "Lake's runs, test"
+LAKE_TTA = "Lake's runs with TTA, test"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -26,19 +30,21 @@ def main() -> None:
     curves = {}
     print(f"{'run':<28} {'epochs':>6} {'minutes':>8} {'best val':>9} {'Lake':>7} {'Lake TTA':>9}")
     for run in args.runs:
+        if (run / "members.json").is_file():
+            _ensemble(run, curves)
+            continue
         config = TrainConfig.load(run / "config.json")
         history = training.read_history(run / "log.csv")
         minutes = training.epoch_minutes(run)
         values = history[training.VAL_METRIC][: len(minutes)]
         name = f"{config.preset}, {config.pair_sampling} pairs, seed {config.seed}"
-        if f"{name}: validation" in curves:  # the same configuration run again (other code)
+        if name in curves:  # the same configuration run again (other code)
             name += f" ({'-'.join(run.name.split('-')[:2])})"
-        curves[f"{name}: validation"] = (minutes[: len(values)], values)
         metrics = json.loads((run / "metrics.json").read_text())
         lake, tta = metrics["lake_runs_accuracy"], metrics.get("lake_runs_accuracy_tta")
-        curves[f"{name}: Lake's runs, test (end)"] = ([minutes[-1]], [lake])
+        curves[name] = {"validation": (minutes[: len(values)], values), LAKE: ([minutes[-1]], [lake])}
         if tta is not None:
-            curves[f"{name}: Lake's runs with TTA, test (end)"] = ([minutes[-1]], [tta])
+            curves[name][LAKE_TTA] = ([minutes[-1]], [tta])
         print(f"{run.name:<28} {len(values):>6} {minutes[-1]:>8.1f} {max(values):>9.1%} "
               f"{lake:>7.1%} {tta if tta is None else f'{tta:.1%}':>9}")
     plots.plot_accuracy_versus_time(
@@ -46,6 +52,21 @@ def main() -> None:
         path=args.out,
     )
     print(f"wrote {args.out}")
+
+
+def _ensemble(folder: Path, curves: dict) -> None:
+    """Marks an ensemble's test figures at the sum of its members' training minutes."""
+    members = [Path(member) for member in json.loads((folder / "members.json").read_text())]
+    minutes = sum(training.epoch_minutes(member)[-1] for member in members)
+    configs = [TrainConfig.load(member / "config.json") for member in members]
+    presets = sorted({config.preset for config in configs})
+    seeds = ", ".join(str(config.seed) for config in configs)
+    name = f"ensemble of {len(members)} ({'/'.join(presets)}, seeds {seeds})"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    lake, tta = metrics["lake_runs_accuracy"], metrics["lake_runs_accuracy_tta"]
+    curves[name] = {LAKE: ([minutes], [lake]), LAKE_TTA: ([minutes], [tta])}
+    print(f"{folder.name:<28} {'':>6} {minutes:>8.1f} {metrics['val_one_shot_accuracy']:>9.1%} "
+          f"{lake:>7.1%} {tta:>9.1%}")
 
 
 if __name__ == "__main__":

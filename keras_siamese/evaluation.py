@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_siamese.augmentation import TTA_VIEWS, Distortion, transform, tta_transforms
 from keras_siamese.data import LakeRuns, OmniglotImages
-from keras_siamese.model import head_of, twin_of
+from keras_siamese.model import build_ensemble, head_of, load_trained, siamese_members, twin_of
 from keras_siamese.pairs import pair_dataset
 from keras_siamese.preprocessing import to_model_input
 
@@ -195,6 +195,9 @@ class SiameseScorer:
     transforms and gives the same scores.
     The weighted-L1 head is symmetric, so scoring ``(a, b)`` and ``(b, a)``
     gives the same probability and "symmetric scoring" needs no extra work.
+
+    ``model`` may be an ensemble (``model.build_ensemble``): each member scores
+    the tasks with its own twin and head, and the scores are averaged.
     """
 
     def __init__(
@@ -206,8 +209,7 @@ class SiameseScorer:
         distortion: Distortion = Distortion(),
         seed: int = 0,
     ):
-        self.twin = twin_of(model)
-        self.head = head_of(model)
+        self.members = [(twin_of(m), head_of(m)) for m in siamese_members(model)]
         self.image_size = model.input["left"].shape[1]
         self.batch_size = batch_size
         self.views = views
@@ -219,11 +221,18 @@ class SiameseScorer:
         """Embeddings of uint8 Omniglot-polarity images, ``(N, d)`` float32.
 
         ``transform_row``: an ``affine_transform`` row to apply first (a view).
+        An ensemble's embedding is its members' embeddings side by side.
         """
+        return np.concatenate(self._member_embeddings(images, transform_row), axis=1)
+
+    def _member_embeddings(self, images, transform_row=None) -> list[np.ndarray]:
         x = to_model_input(images, self.image_size)
         if transform_row is not None:
             x = transform(x, transform_row)
-        return np.asarray(self.twin.predict(x, batch_size=self.batch_size, verbose=0), np.float32)
+        return [
+            np.asarray(twin.predict(x, batch_size=self.batch_size, verbose=0), np.float32)
+            for twin, _ in self.members
+        ]
 
     def __call__(self, tasks: OneShotTasks) -> np.ndarray:
         n = len(tasks)
@@ -234,13 +243,15 @@ class SiameseScorer:
             rows = (None, None) if view == 0 else (
                 self.query_transforms[view], self.support_transforms[view]
             )
-            q = self.embed(tasks.images[queries], rows[0])[query_of_task][:, None, :]
-            c = self.embed(tasks.images[candidates], rows[1])[candidate_of_task]
-            c = c.reshape(n, tasks.way, -1)
-            total += keras.ops.convert_to_numpy(
-                self.head.activation(self.head.distance_logits(q, c))
-            )[..., 0]
-        return total / self.views
+            member_queries = self._member_embeddings(tasks.images[queries], rows[0])
+            member_candidates = self._member_embeddings(tasks.images[candidates], rows[1])
+            for (_, head), q, c in zip(self.members, member_queries, member_candidates):
+                q = q[query_of_task][:, None, :]
+                c = c[candidate_of_task].reshape(n, tasks.way, -1)
+                total += keras.ops.convert_to_numpy(
+                    head.activation(head.distance_logits(q, c))
+                )[..., 0]
+        return total / (self.views * len(self.members))
 
 
 def saved_model_lake_scores(saved_model: str | Path, runs: LakeRuns, augmented: bool = False) -> np.ndarray:
@@ -345,15 +356,21 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
     parser = argparse.ArgumentParser(
         prog="python -m keras_siamese.evaluation", description=main.__doc__.splitlines()[0]
     )
-    parser.add_argument("model", help="a .keras file or a run folder holding best.keras")
+    parser.add_argument(
+        "model", nargs="+", help="a .keras file or a run folder holding best.keras; several: "
+        "their ensemble"
+    )
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--tasks", type=int, default=640)
     parser.add_argument("--seed", type=int, default=5, help="task sampling (training uses 2)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--tfds-dir", default=None)
     args = parser.parse_args(argv)
-    path = Path(args.model)
-    model = keras.models.load_model(path / "best.keras" if path.is_dir() else path)
+    try:
+        models = [load_trained(path) for path in args.model]
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    model = models[0] if len(models) == 1 else build_ensemble(models)
     split = data.paper_split(data.load_omniglot(args.data_dir, args.tfds_dir))["validation"]
     tasks = within_alphabet_tasks(split, args.tasks, seed=args.seed)
     results = {}

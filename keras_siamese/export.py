@@ -28,6 +28,10 @@ one_shot_tta        as one_shot                         scores (Q, K), best (Q,)
 one_shot_tta_encoded  as one_shot_encoded               scores (Q, K), best (Q,)
 ==================  ==================================  =============================
 
+An ensemble (``model.build_ensemble``) exports with the same signatures: its
+probability and scores are the means of its members', and its embedding is
+the members' embeddings side by side.
+
 String inputs are encoded PNG, JPEG, GIF or BMP files (TF Serving's REST API
 takes them as ``{"b64": "..."}``). ``one_shot`` scores a whole N-way task in one
 call: each image is embedded once and the weighted-L1 head compares every
@@ -56,7 +60,7 @@ import tensorflow as tf
 
 import keras_siamese  # noqa: F401  (registers the custom layer and optimiser for load_model)
 from keras_siamese.augmentation import TTA_VIEWS, transform, tta_transforms
-from keras_siamese.model import head_of, twin_of
+from keras_siamese.model import build_ensemble, head_of, load_trained, siamese_members, twin_of
 from keras_siamese.preprocessing import decode_images, to_model_input
 
 SIGNATURES = (
@@ -80,17 +84,29 @@ def _encoded(name: str) -> tf.TensorSpec:
 
 
 def _build_module(model: keras.Model, views: int = TTA_VIEWS, seed: int = 0) -> tuple[tf.Module, dict]:
-    """A ``tf.Module`` with the serving endpoints of ``model``."""
+    """A ``tf.Module`` with the serving endpoints of ``model`` (a Siamese model or an ensemble)."""
     size = model.input["left"].shape[1]
     query_rows, support_rows = tta_transforms(views, size, seed)
-    twin, head = twin_of(model), head_of(model)
+    members = [(twin_of(m), head_of(m)) for m in siamese_members(model)]
     module = tf.Module()
     # Track the backend variables directly (not the Keras model) so each is
     # saved once.
     module.model_variables = [v.value for v in model.variables]
 
+    def embed_members(x):
+        return [tf.cast(twin(x, training=False), tf.float32) for twin, _ in members]
+
     def embed_inputs(x):
-        return tf.cast(twin(x, training=False), tf.float32)
+        # An ensemble's embedding is its members' embeddings side by side.
+        return tf.concat(embed_members(x), axis=1)
+
+    def scores_of(queries, support):
+        # Each member compares its own embeddings; an ensemble averages the members.
+        per_member = [
+            tf.cast(head.pairwise(q, s), tf.float32)
+            for (_, head), q, s in zip(members, queries, support)
+        ]
+        return tf.add_n(per_member) / len(members)
 
     def pair(left, right):
         # The full model, exactly as trained: twin on both sides, then the head.
@@ -98,8 +114,7 @@ def _build_module(model: keras.Model, views: int = TTA_VIEWS, seed: int = 0) -> 
         return {"probability": tf.reshape(p, [-1])}
 
     def one_shot(queries, support):
-        scores = head.pairwise(embed_inputs(queries), embed_inputs(support))
-        scores = tf.cast(scores, tf.float32)
+        scores = scores_of(embed_members(queries), embed_members(support))
         return {"scores": scores, "best": tf.argmax(scores, axis=1, output_type=tf.int32)}
 
     def one_shot_tta(queries, support):
@@ -107,14 +122,14 @@ def _build_module(model: keras.Model, views: int = TTA_VIEWS, seed: int = 0) -> 
         def views_of(images, rows):
             n = tf.shape(images)[0]
             versions = [images] + [transform(images, rows[v]) for v in range(1, views)]
-            return tf.reshape(embed_inputs(tf.concat(versions, axis=0)), [views, n, -1])
+            return [
+                tf.reshape(e, [views, n, -1]) for e in embed_members(tf.concat(versions, axis=0))
+            ]
 
         q, s = views_of(queries, query_rows), views_of(support, support_rows)
         # One view at a time keeps the (Q, K, d) distances of a single view in memory.
         per_view = tf.map_fn(
-            lambda qs: tf.cast(head.pairwise(qs[0], qs[1]), tf.float32),
-            (q, s),
-            fn_output_signature=tf.float32,
+            lambda qs: scores_of(qs[0], qs[1]), (q, s), fn_output_signature=tf.float32
         )
         scores = tf.reduce_mean(per_view, axis=0)
         return {"scores": scores, "best": tf.argmax(scores, axis=1, output_type=tf.int32)}
@@ -232,24 +247,27 @@ def export_saved_model(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m keras_siamese.export``: a ``.keras`` model to a new version."""
+    """``python -m keras_siamese.export``: a ``.keras`` model (or an ensemble) to a new version."""
     parser = argparse.ArgumentParser(
         prog="python -m keras_siamese.export",
         description="Export a trained .keras model (or a run folder's best.keras) "
-        "as a new SavedModel version for TensorFlow Serving.",
+        "as a new SavedModel version for TensorFlow Serving; given several, export their "
+        "ensemble (the mean of their scores).",
     )
-    parser.add_argument("model", help="a .keras file or a run folder holding best.keras")
+    parser.add_argument(
+        "model", nargs="+", help="a .keras file or a run folder holding best.keras"
+    )
     parser.add_argument("--export-dir", default="saved_models", help="base folder (default: %(default)s)")
     parser.add_argument("--name", default="siamese", help="model name (default: %(default)s)")
     parser.add_argument("--version", type=int, default=None, help="version (default: next)")
     args = parser.parse_args(argv)
-    path = Path(args.model)
-    if path.is_dir():
-        path = path / "best.keras"
-    if not path.is_file():
-        parser.error(f"no model at {path}")
-    target = export_saved_model(keras.models.load_model(path), args.export_dir, args.name, args.version)
-    print(f"Exported {path} to {target}")
+    try:
+        models = [load_trained(path) for path in args.model]
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    model = models[0] if len(models) == 1 else build_ensemble(models)
+    target = export_saved_model(model, args.export_dir, args.name, args.version)
+    print(f"Exported {' + '.join(args.model)} to {target}")
 
 
 if __name__ == "__main__":

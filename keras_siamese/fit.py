@@ -115,54 +115,96 @@ def main(argv: list[str] | None = None) -> dict:
     config, run_dir = resolve_config(args)
 
     # Imported here: they load TensorFlow Datasets, which --help does not need.
-    from keras_siamese import data, evaluation, export, plots, training
+    from keras_siamese import plots, training
 
     started = time.monotonic()
     print(f"keras-siamese: preset {config.preset!r}, run folder {run_dir}")
-    try:
-        omniglot = data.load_omniglot(args.data_dir, args.tfds_dir)
-        runs = data.load_lake_runs(args.data_dir)
-    except data.OmniglotDataError as error:
-        raise SystemExit(f"error: {error}") from None
-    splits = data.paper_split(omniglot, config.train_drawers)
-    print(", ".join(f"{name}: {len(split):,} images" for name, split in splits.items()))
+    splits, runs = load_data(args.data_dir, args.tfds_dir, config.train_drawers)
 
     train_started = time.monotonic()
     model, history = training.train(config, splits, run_dir)
     train_seconds = time.monotonic() - train_started
     plots.plot_learning_curves(history, run_dir / "learning_curves.png")
 
-    try:
-        mnist = data.load_mnist_test()
-    except (data.MnistDataError, OSError) as error:  # offline without a local copy: skip it
-        print(f"MNIST transfer skipped: {error}")
-        mnist = None
-    metrics = evaluation.evaluate(
-        model, splits["test"], runs, way=config.way, seed=config.seed, mnist=mnist
-    )
-    lake = evaluation.lake_tasks(runs)
-    plots.plot_task_sheet(
-        lake, evaluation.SiameseScorer(model)(lake), path=run_dir / "one_shot_tasks.png"
-    )
+    metrics = evaluate_and_export(
+        model, splits, runs, run_dir, way=config.way, seed=config.seed,
+        export_dir=None if args.no_export else args.export_dir, model_name=args.model_name,
+    )  # fmt: skip
     metrics.update(
         best_val_one_shot_accuracy=max(history.get(training.VAL_METRIC, [float("nan")])),
         epochs=len(history.get("loss", [])),
         train_seconds=round(train_seconds, 1),
     )
-    if not args.no_export:
-        target = export.export_saved_model(model, args.export_dir, args.model_name)
+    write_metrics(metrics, run_dir, started)
+    print(summary(metrics) + f"\nTrained {metrics['epochs']} epochs in {train_seconds / 60:.1f} min; "
+          f"total {metrics['total_seconds'] / 60:.1f} min\nRun folder: {run_dir}"
+          + (f"\nSavedModel: {metrics['saved_model']}" if "saved_model" in metrics else ""))
+    return metrics
+
+
+def load_data(data_dir: str | None, tfds_dir: str | None, train_drawers: int | None = None):
+    """The paper's split of Omniglot and Lake's runs; a data problem ends the command with its message."""
+    from keras_siamese import data
+
+    try:
+        omniglot = data.load_omniglot(data_dir, tfds_dir)
+        runs = data.load_lake_runs(data_dir)
+    except data.OmniglotDataError as error:
+        raise SystemExit(f"error: {error}") from None
+    splits = (
+        data.paper_split(omniglot) if train_drawers is None
+        else data.paper_split(omniglot, train_drawers)
+    )  # fmt: skip
+    print(", ".join(f"{name}: {len(split):,} images" for name, split in splits.items()))
+    return splits, runs
+
+
+def evaluate_and_export(
+    model, splits, runs, run_dir: Path, *, way: int, seed: int,
+    export_dir: str | Path | None, model_name: str = "siamese",
+) -> dict:  # fmt: skip
+    """The standard report of a trained model (a Siamese model or an ensemble).
+
+    ``evaluation.evaluate`` on the test split and Lake's runs (with the MNIST
+    transfer where MNIST is available), a sheet of scored trials in
+    ``run_dir/one_shot_tasks.png``, and, unless ``export_dir`` is None, a new
+    SavedModel version scored on Lake's runs as a TF Serving client would
+    (``lake_runs_accuracy[_tta]_saved_model``).
+    """
+    from keras_siamese import data, evaluation, export, plots
+
+    try:
+        mnist = data.load_mnist_test()
+    except (data.MnistDataError, OSError) as error:  # offline without a local copy: skip it
+        print(f"MNIST transfer skipped: {error}")
+        mnist = None
+    metrics = evaluation.evaluate(model, splits["test"], runs, way=way, seed=seed, mnist=mnist)
+    lake = evaluation.lake_tasks(runs)
+    plots.plot_task_sheet(
+        lake, evaluation.SiameseScorer(model)(lake), path=Path(run_dir) / "one_shot_tasks.png"
+    )
+    if export_dir is not None:
+        target = export.export_saved_model(model, export_dir, model_name)
         metrics["saved_model"] = str(target)
         # The headline figures, as a TF Serving client gets them: the exported model,
         # sent each run's PNG files.
         for key, augmented in (("", False), ("_tta", True)):
             scores = evaluation.saved_model_lake_scores(target, runs, augmented=augmented)
             metrics[f"lake_runs_accuracy{key}_saved_model"] = evaluation.accuracy(scores, lake)
-    metrics["total_seconds"] = round(time.monotonic() - started, 1)
-    # ru_maxrss is in KiB on Linux: the peak resident memory of the whole run.
-    metrics["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
 
-    print(
+
+def write_metrics(metrics: dict, run_dir: Path, started: float) -> None:
+    """Adds the total time and peak memory since ``started`` and writes ``run_dir/metrics.json``."""
+    metrics["total_seconds"] = round(time.monotonic() - started, 1)
+    # ru_maxrss is in KiB on Linux: the peak resident memory of the whole process.
+    metrics["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def summary(metrics: dict) -> str:
+    """The report of ``evaluate_and_export`` (and ``write_metrics``) as lines of text."""
+    return (
         f"\nLake's 20 runs, 20-way one-shot: {metrics['lake_runs_accuracy']:.1%}; "
         f"with test-time augmentation: {metrics['lake_runs_accuracy_tta']:.1%} "
         f"(pixel 1-NN baseline: {metrics['lake_runs_1nn']:.1%})\n"
@@ -170,17 +212,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"({metrics['koch_test_accuracy_tta']:.1%} with test-time augmentation); "
         f"verification: {metrics['verification_accuracy']:.1%}\n"
         + (f"MNIST 10-way one-shot, no retraining: {metrics['mnist_10way_accuracy']:.1%} "
-           f"(pixel 1-NN: {metrics['mnist_10way_1nn']:.1%})\n" if mnist is not None else "")
+           f"(pixel 1-NN: {metrics['mnist_10way_1nn']:.1%})\n" if "mnist_10way_accuracy" in metrics else "")
         + (f"Through the SavedModel: {metrics['lake_runs_accuracy_saved_model']:.1%}, "
            f"{metrics['lake_runs_accuracy_tta_saved_model']:.1%} with test-time augmentation "
            "(one_shot_tta)\n" if "saved_model" in metrics else "")
-        + f"Peak memory: {metrics['peak_memory_mib']} MiB\n"
-        f"Trained {metrics['epochs']} epochs in {train_seconds / 60:.1f} min; "
-        f"total {metrics['total_seconds'] / 60:.1f} min\n"
-        f"Run folder: {run_dir}"
-        + (f"\nSavedModel: {metrics['saved_model']}" if "saved_model" in metrics else "")
+        + f"Peak memory: {metrics['peak_memory_mib']} MiB"
     )
-    return metrics
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ prediction ``p = sigmoid(sum_j alpha_j |h1_j - h2_j| + b)``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -280,6 +282,59 @@ def build_all_pairs_trainer(siamese: keras.Model, groups: int = 1) -> keras.Mode
     images = keras.Input((size, size, 1), name="images")
     pairs = AllPairs(head_of(siamese), groups, name="all_pairs")
     return keras.Model(images, pairs(twin_of(siamese)(images)), name="siamese_all_pairs")
+
+
+def build_ensemble(members: Sequence[keras.Model]) -> keras.Model:
+    """An ensemble of trained Siamese models: the mean of their probabilities.
+
+    A functional model with the same ``{"left", "right"}`` inputs as each member
+    and a ``keras.layers.Average`` of the members' outputs. The members are
+    renamed ``member1``, ``member2``, ... (a Keras model needs unique layer
+    names); their weights are shared, not copied. A one-shot task is scored as
+    the mean of the members' scores (``siamese_members``), each member
+    embedding every image once.
+
+    Raises:
+        ValueError: no members, or members with different input sizes.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    sizes = {member.input["left"].shape[1] for member in members}
+    if len(sizes) != 1:
+        raise ValueError(f"ensemble members take different image sizes: {sorted(sizes)}")
+    size = sizes.pop()
+    left = keras.Input((size, size, 1), name="left")
+    right = keras.Input((size, size, 1), name="right")
+    outputs = []
+    for i, member in enumerate(members):
+        member.name = f"member{i + 1}"
+        outputs.append(member({"left": left, "right": right}))
+    probability = keras.layers.Average(dtype="float32", name="average")(outputs)
+    return keras.Model({"left": left, "right": right}, probability, name="ensemble")
+
+
+def siamese_members(model: keras.Model) -> list[keras.Model]:
+    """The Siamese models that make up ``model``: itself, or an ensemble's members."""
+    if any(layer.name == "twin" for layer in model.layers):
+        return [model]
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if not members:
+        raise ValueError(f"{model.name!r} is neither a Siamese model nor an ensemble of them")
+    return members
+
+
+def load_trained(path: str | Path) -> keras.Model:
+    """The model in a ``.keras`` file, or in a run folder's ``best.keras``.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {path}")
+    return keras.models.load_model(path)
 
 
 def twin_of(model: keras.Model) -> keras.Sequential:

@@ -576,23 +576,34 @@ def plot_embeddings(
 
 
 def plot_accuracy_versus_time(
-    runs: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    runs: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
     *,
     targets: Mapping[str, float] | None = None,
     path: str | Path | None = None,
 ) -> Figure:
-    """One-shot accuracy against training time, one line per run.
+    """One-shot accuracy against training time: one colour per run, one mark per kind of figure.
 
     Args:
-        runs: label to ``(minutes, accuracy)``, e.g. each epoch's end and its validation
-            one-shot accuracy (``training.epoch_minutes`` and the run's history).
+        runs: run label to its series, each a name and ``(minutes, accuracy)``: e.g.
+            ``{"validation": (epoch ends, accuracies), "Lake's runs": ([end], [accuracy])}``.
+            A series of several points is drawn as a line, a single point as a mark
+            whose shape depends on the series name (the same name, the same shape).
         targets: label to accuracy, drawn as horizontal reference lines (the paper's figure).
     """
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    for (label, (minutes, values)), colour in zip(runs.items(), plt.get_cmap("tab20").colors * 2):
-        single = len(minutes) == 1  # a final figure rather than a curve: a bigger mark
-        ax.plot(minutes, values, marker="D" if single else ".", markersize=7 if single else 6,
-                linestyle="none" if single else "-", color=colour, label=label)
+    from matplotlib.lines import Line2D
+
+    # Constrained layout keeps the legends beside the axes inside the figure.
+    fig, ax = plt.subplots(figsize=(11, 4.5), layout="constrained")
+    palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors * 2
+    shapes: dict[str, str] = {}
+    for (label, series), colour in zip(runs.items(), palette):
+        for name, (minutes, values) in series.items():
+            if len(minutes) > 1:
+                ax.plot(minutes, values, marker=".", color=colour)
+            else:
+                shape = shapes.setdefault(name, "D*^svP"[len(shapes) % 6])
+                ax.plot(minutes, values, marker=shape, markersize=8, linestyle="none",
+                        color=colour, markeredgecolor="black", markeredgewidth=0.4)
     for label, value in (targets or {}).items():
         ax.axhline(value, color="#555555", linestyle="--", linewidth=0.8)
         ax.annotate(label, (0, value), xycoords=("axes fraction", "data"),
@@ -600,7 +611,14 @@ def plot_accuracy_versus_time(
     ax.set(xlabel="training time (minutes)", ylabel="20-way one-shot accuracy", ylim=(0, 1))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(alpha=0.3)
-    # Beside the axes: with several runs, a legend inside would cover the curves.
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
-    fig.tight_layout()
+    # Beside the axes (inside they would cover the curves): which colour is which run,
+    # and below it which mark is which figure.
+    colours = [Line2D([], [], color=c, marker="s", linestyle="none", label=label)
+               for label, c in zip(runs, palette)]
+    marks = [Line2D([], [], color="grey", marker=".", label="validation, per epoch")] + [
+        Line2D([], [], color="grey", marker=shape, linestyle="none", label=f"{name} (end)")
+        for name, shape in shapes.items()
+    ]
+    fig.legend(handles=colours, loc="outside right upper", fontsize=7, frameon=False)
+    fig.legend(handles=marks, loc="outside right lower", fontsize=7, frameon=False)
     return _save(fig, path)

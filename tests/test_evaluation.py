@@ -9,7 +9,7 @@ import pytest
 
 from keras_siamese import evaluation
 from keras_siamese.augmentation import Distortion
-from keras_siamese.model import build_siamese, head_of
+from keras_siamese.model import build_ensemble, build_siamese, head_of
 from keras_siamese.preprocessing import to_model_input
 
 
@@ -222,6 +222,19 @@ def test_evaluate_reports_test_time_augmentation(small_model, test_split, lake_r
     metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20, views=2)
     assert 0.0 <= metrics["lake_runs_accuracy_tta"] <= 1.0
     assert 0.0 <= metrics["koch_test_accuracy_tta"] <= 1.0
+
+
+@pytest.mark.parametrize("views", [1, 3])
+def test_an_ensemble_scores_the_mean_of_its_members(small_config, koch_tasks, views):
+    members = [build_siamese(small_config(paper_init=False)) for _ in range(2)]
+    expected = np.mean(
+        [evaluation.SiameseScorer(m, views=views, seed=1)(koch_tasks) for m in members], axis=0
+    )
+    ensemble = build_ensemble(members)
+    scores = evaluation.SiameseScorer(ensemble, views=views, seed=1)(koch_tasks)
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+    embeddings = evaluation.SiameseScorer(ensemble).embed(koch_tasks.images[:3])
+    assert embeddings.shape == (3, 2 * small_config().dense_units)
 
 
 def test_evaluation_command_scores_validation_tasks_with_views(trained_run, omniglot_dir, tfds_dir, capsys):

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from keras_siamese import evaluation, export
-from keras_siamese.model import build_siamese, twin_of
+from keras_siamese.model import build_ensemble, build_siamese, twin_of
 from keras_siamese.preprocessing import to_model_input
 
 # Loads a SavedModel the way a model server does: TensorFlow only. `import tensorflow` itself
@@ -287,3 +287,25 @@ def test_mixed_precision_export_serves_float32(small_config, omniglot, tmp_path)
     assert signatures["embed"](images=images)["embedding"].dtype == tf.float32
     assert signatures["one_shot"](queries=images, support=images)["scores"].dtype == tf.float32
     assert signatures["one_shot_tta"](queries=images, support=images)["scores"].dtype == tf.float32
+
+
+def test_an_ensemble_exports_with_the_same_signatures(small_config, lake_runs, tmp_path):
+    """An ensemble's SavedModel serves the mean of its members, as the offline scorer does."""
+    members = [build_siamese(small_config(paper_init=False)) for _ in range(2)]
+    rng = np.random.default_rng(2)
+    x = {side: rng.integers(0, 256, (3, 105, 105, 1)).astype(np.float32) for side in ("left", "right")}
+    expected = np.mean([_offline(m, x) for m in members], axis=0)
+    ensemble = build_ensemble(members)
+    target = export.export_saved_model(ensemble, tmp_path, "siamese", views=3)
+    signatures = tf.saved_model.load(str(target)).signatures
+    assert sorted(signatures) == sorted(export.SIGNATURES)
+    served = signatures["serving_default"](left=tf.constant(x["left"]), right=tf.constant(x["right"]))
+    np.testing.assert_allclose(served["probability"].numpy(), expected, atol=1e-6)
+    embedding = signatures["embed"](images=tf.constant(x["left"]))["embedding"]
+    assert embedding.shape == (3, 2 * small_config().dense_units)
+    tasks = evaluation.lake_tasks(lake_runs)
+    for augmented, views in ((False, 1), (True, 3)):
+        offline = evaluation.SiameseScorer(ensemble, views=views)(tasks)
+        online = evaluation.saved_model_lake_scores(target, lake_runs, augmented=augmented)
+        np.testing.assert_allclose(online, offline, atol=1e-5)
+        assert evaluation.accuracy(online, tasks) == evaluation.accuracy(offline, tasks)

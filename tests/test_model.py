@@ -204,3 +204,47 @@ def test_all_pairs_trainer_scores_every_pair_with_the_shared_weights(small_confi
         right = np.tile(block, (n, 1, 1, 1))
         pairs = model.predict({"left": left, "right": right}, verbose=0).reshape(n, n)
         np.testing.assert_allclose(matrix[g], pairs, rtol=1e-5, atol=1e-6)
+
+
+# --- Ensembles -----------------------------------------------------------------------------
+
+
+def test_an_ensemble_is_the_mean_of_its_members(small_config):
+    config = small_config(paper_init=False)
+    members = [build_siamese(config) for _ in range(3)]
+    x = _pairs(config)
+    expected = np.mean([np.asarray(m(x, training=False)) for m in members], axis=0)
+    ensemble = siamese_model.build_ensemble(members)
+    np.testing.assert_allclose(np.asarray(ensemble(x, training=False)), expected, atol=1e-6)
+    # Its members keep their weights (shared, not copied) under unique names.
+    assert siamese_model.siamese_members(ensemble) == members
+    assert [m.name for m in members] == ["member1", "member2", "member3"]
+    assert {id(w) for w in ensemble.weights} == {id(w) for m in members for w in m.weights}
+    assert siamese_model.siamese_members(members[0]) == [members[0]]
+
+
+def test_an_ensemble_saves_and_loads_whole(small_config, tmp_path):
+    config = small_config(paper_init=False)
+    ensemble = siamese_model.build_ensemble([build_siamese(config) for _ in range(2)])
+    ensemble.save(tmp_path / "best.keras")
+    loaded = siamese_model.load_trained(tmp_path)  # a folder means its best.keras
+    x = _pairs(config)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(ensemble(x)), atol=1e-6)
+    members = siamese_model.siamese_members(loaded)
+    assert len(members) == 2
+    assert all(isinstance(siamese_model.head_of(m), WeightedL1) for m in members)
+
+
+def test_an_ensemble_needs_members_of_one_input_size(small_config):
+    with pytest.raises(ValueError, match="at least one member"):
+        siamese_model.build_ensemble([])
+    small, large = small_config(paper_init=False), small_config(paper_init=False, image_size=32)
+    with pytest.raises(ValueError, match=r"different image sizes: \[28, 32\]"):
+        siamese_model.build_ensemble([build_siamese(small), build_siamese(large)])
+    with pytest.raises(ValueError, match="neither a Siamese model nor an ensemble"):
+        siamese_model.siamese_members(build_twin(small))
+
+
+def test_load_trained_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"no model at {tmp_path / 'best.keras'}"):
+        siamese_model.load_trained(tmp_path)

@@ -177,10 +177,19 @@ def test_pca_2d_finds_the_main_directions():
 def test_plot_accuracy_versus_time(tmp_path):
     path = tmp_path / "accuracy_vs_time.png"
     fig = plots.plot_accuracy_versus_time(
-        {"cpu: validation": ([2.0, 4.0, 6.5], [0.25, 0.4, 0.5]), "cpu: test (end)": ([6.5], [0.7])},
+        {
+            "cpu": {"validation": ([2.0, 4.0, 6.5], [0.25, 0.4, 0.5]), "test": ([6.5], [0.7])},
+            "ensemble": {"test": ([13.0], [0.8])},
+        },
         targets={"paper": 0.92},
         path=path,
     )
     check_png(path, fig)
     (ax,) = fig.axes
-    assert [line.get_label() for line in ax.get_lines()][:2] == ["cpu: validation", "cpu: test (end)"]
+    # One colour per run, one mark per kind of figure (the same for every run).
+    lines = ax.get_lines()
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert lines[1].get_marker() == lines[2].get_marker() != lines[0].get_marker()
+    labels = [[t.get_text() for t in legend.texts] for legend in fig.legends]
+    assert ["cpu", "ensemble"] in labels
+    assert ["validation, per epoch", "test (end)"] in labels

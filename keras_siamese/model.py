@@ -294,9 +294,12 @@ def build_ensemble(members: Sequence[keras.Model]) -> keras.Model:
     the mean of the members' scores (``siamese_members``), each member
     embedding every image once.
 
+    An ensemble among ``members`` contributes its own members: ensembles nest flat.
+
     Raises:
         ValueError: no members, or members with different input sizes.
     """
+    members = [member for model in members for member in siamese_members(model)]
     if not members:
         raise ValueError("an ensemble needs at least one member")
     sizes = {member.input["left"].shape[1] for member in members}

@@ -233,6 +233,12 @@ def test_an_ensemble_saves_and_loads_whole(small_config, tmp_path):
     members = siamese_model.siamese_members(loaded)
     assert len(members) == 2
     assert all(isinstance(siamese_model.head_of(m), WeightedL1) for m in members)
+    # An ensemble of the loaded ensemble and one more network has three members, not two.
+    third = build_siamese(config)
+    larger = siamese_model.build_ensemble([loaded, third])
+    assert siamese_model.siamese_members(larger) == [*members, third]
+    expected = (2 * np.asarray(loaded(x)) + np.asarray(third(x))) / 3
+    np.testing.assert_allclose(np.asarray(larger(x)), expected, atol=1e-6)
 
 
 def test_an_ensemble_needs_members_of_one_input_size(small_config):

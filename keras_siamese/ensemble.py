@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from keras_siamese import evaluation
     from keras_siamese.fit import evaluate_and_export, load_data, summary, write_metrics
-    from keras_siamese.model import build_ensemble, load_trained
+    from keras_siamese.model import build_ensemble, load_trained, siamese_members
 
     try:
         members = [load_trained(path) for path in args.members]
@@ -74,11 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = evaluation.within_alphabet_tasks(
         splits["validation"], args.val_tasks, seed=args.seed + 2
     )
+    # The ensemble's scores are the mean of its members': each member embeds the tasks once.
+    member_scores = [evaluation.SiameseScorer(m)(tasks) for m in siamese_members(ensemble)]
     metrics = {
-        "val_one_shot_accuracy": evaluation.accuracy(evaluation.SiameseScorer(ensemble)(tasks), tasks),
-        "member_val_one_shot_accuracy": [
-            evaluation.accuracy(evaluation.SiameseScorer(member)(tasks), tasks) for member in members
-        ],
+        "val_one_shot_accuracy": evaluation.accuracy(np.mean(member_scores, axis=0), tasks),
+        "member_val_one_shot_accuracy": [evaluation.accuracy(s, tasks) for s in member_scores],
     }
     metrics.update(
         evaluate_and_export(

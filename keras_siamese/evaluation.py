@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_siamese.augmentation import TTA_VIEWS, Distortion, transform, tta_transforms
 from keras_siamese.data import LakeRuns, OmniglotImages
-from keras_siamese.model import build_ensemble, head_of, load_trained, siamese_members, twin_of
+from keras_siamese.model import head_of, load_models, siamese_members, twin_of
 from keras_siamese.pairs import pair_dataset
 from keras_siamese.preprocessing import to_model_input
 
@@ -367,10 +367,9 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
     parser.add_argument("--tfds-dir", default=None)
     args = parser.parse_args(argv)
     try:
-        models = [load_trained(path) for path in args.model]
+        model = load_models(args.model)
     except FileNotFoundError as error:
         parser.error(str(error))
-    model = models[0] if len(models) == 1 else build_ensemble(models)
     split = data.paper_split(data.load_omniglot(args.data_dir, args.tfds_dir))["validation"]
     tasks = within_alphabet_tasks(split, args.tasks, seed=args.seed)
     results = {}

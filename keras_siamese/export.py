@@ -60,7 +60,7 @@ import tensorflow as tf
 
 import keras_siamese  # noqa: F401  (registers the custom layer and optimiser for load_model)
 from keras_siamese.augmentation import TTA_VIEWS, transform, tta_transforms
-from keras_siamese.model import build_ensemble, head_of, load_trained, siamese_members, twin_of
+from keras_siamese.model import head_of, load_models, siamese_members, twin_of
 from keras_siamese.preprocessing import decode_images, to_model_input
 
 SIGNATURES = (
@@ -262,10 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", type=int, default=None, help="version (default: next)")
     args = parser.parse_args(argv)
     try:
-        models = [load_trained(path) for path in args.model]
+        model = load_models(args.model)
     except FileNotFoundError as error:
         parser.error(str(error))
-    model = models[0] if len(models) == 1 else build_ensemble(models)
     target = export_saved_model(model, args.export_dir, args.name, args.version)
     print(f"Exported {' + '.join(args.model)} to {target}")
 

@@ -340,6 +340,16 @@ def load_trained(path: str | Path) -> keras.Model:
     return keras.models.load_model(path)
 
 
+def load_models(paths: Sequence[str | Path]) -> keras.Model:
+    """The model at one path (``load_trained``), or the ensemble of the models at several.
+
+    Raises:
+        FileNotFoundError: a path holds no model.
+    """
+    models = [load_trained(path) for path in paths]
+    return models[0] if len(models) == 1 else build_ensemble(models)
+
+
 def twin_of(model: keras.Model) -> keras.Sequential:
     """The shared twin CNN inside a Siamese model."""
     return model.get_layer("twin")

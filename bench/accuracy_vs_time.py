@@ -60,8 +60,10 @@ def _ensemble(folder: Path, curves: dict) -> None:
     minutes = sum(training.epoch_minutes(member)[-1] for member in members)
     configs = [TrainConfig.load(member / "config.json") for member in members]
     presets = sorted({config.preset for config in configs})
-    seeds = ", ".join(str(config.seed) for config in configs)
+    seeds = ", ".join(str(seed) for seed in sorted(config.seed for config in configs))
     name = f"ensemble of {len(members)} ({'/'.join(presets)}, seeds {seeds})"
+    if name in curves:  # the same presets and seeds again (other runs): add the oldest run's date
+        name += f" (from {min('-'.join(m.name.split('-')[:2]) for m in members)})"
     metrics = json.loads((folder / "metrics.json").read_text())
     lake, tta = metrics["lake_runs_accuracy"], metrics["lake_runs_accuracy_tta"]
     curves[name] = {LAKE: ([minutes], [lake]), LAKE_TTA: ([minutes], [tta])}

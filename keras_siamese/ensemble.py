@@ -6,7 +6,9 @@ preset trained with different ``--seed``s::
     for seed in 0 1 2; do python -m keras_siamese.fit --seed $seed; done
     python -m keras_siamese.ensemble runs/*-cpu-seed0 runs/*-cpu-seed1 runs/*-cpu-seed2
 
-It trains nothing. It writes a folder like a run folder of ``fit``: ``best.keras``
+(``python -m keras_siamese.fit --members 3`` trains those runs and combines them in
+one command; ``--preset cpu-ensemble`` is two ``cpu-long`` networks.) This command
+trains nothing. It writes a folder like a run folder of ``fit``: ``best.keras``
 (the ensemble, ``model.build_ensemble``), ``members.json``, ``metrics.json`` with
 ``fit``'s report, and ``one_shot_tasks.png``; and it exports the ensemble as one
 SavedModel with the usual signatures. ``metrics.json`` also holds the one-shot
@@ -17,11 +19,8 @@ figure on which to choose an ensemble (the test alphabets stay unseen).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
-
-import numpy as np
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,9 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     started = time.monotonic()
 
-    from keras_siamese import evaluation
-    from keras_siamese.fit import evaluate_and_export, load_data, summary, write_metrics
-    from keras_siamese.model import build_ensemble, load_trained, siamese_members
+    from keras_siamese.fit import (
+        ensemble_report, evaluate_and_export, load_data, summary, write_metrics,
+    )
+    from keras_siamese.model import build_ensemble, load_trained
 
     try:
         members = [load_trained(path) for path in args.members]
@@ -73,31 +73,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"keras-siamese: ensemble of {len(members)} in {out}")
     splits, runs = load_data(args.data_dir, args.tfds_dir)
 
-    tasks = evaluation.within_alphabet_tasks(
-        splits["validation"], args.val_tasks, seed=args.seed + 2
+    metrics = ensemble_report(
+        ensemble, args.members, splits["validation"], out, val_tasks=args.val_tasks, seed=args.seed
     )
-    # The ensemble's scores are the mean of its members': each member embeds the tasks once.
-    member_scores = [evaluation.SiameseScorer(m)(tasks) for m in siamese_members(ensemble)]
-    metrics = {
-        "val_one_shot_accuracy": evaluation.accuracy(np.mean(member_scores, axis=0), tasks),
-        "member_val_one_shot_accuracy": [evaluation.accuracy(s, tasks) for s in member_scores],
-    }
     metrics.update(
         evaluate_and_export(
-            ensemble, splits, runs, out, way=tasks.way, seed=args.seed,
+            ensemble, splits, runs, out, way=20, seed=args.seed,
             export_dir=None if args.no_export else args.export_dir, model_name=args.model_name,
         )  # fmt: skip
     )
-    ensemble.save(out / "best.keras")
-    (out / "members.json").write_text(
-        json.dumps([str(Path(path).resolve()) for path in args.members], indent=2)
-    )
     write_metrics(metrics, out, started)
-    members_val = ", ".join(f"{a:.1%}" for a in metrics["member_val_one_shot_accuracy"])
     print(
-        f"\nValidation one-shot ({len(tasks)} tasks): ensemble {metrics['val_one_shot_accuracy']:.1%}; "
-        f"members {members_val}"
-        + summary(metrics)
+        summary(metrics)
         + f"\nFolder: {out}"
         + (f"\nSavedModel: {metrics['saved_model']}" if "saved_model" in metrics else "")
     )

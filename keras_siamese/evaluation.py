@@ -254,6 +254,17 @@ class SiameseScorer:
         return total / (self.views * len(self.members))
 
 
+def ensemble_accuracy(model: keras.Model, tasks: OneShotTasks) -> tuple[float, list[float]]:
+    """One-shot accuracy of an ensemble on ``tasks``, and of each of its members.
+
+    The ensemble's scores are the mean of its members' (as ``SiameseScorer``
+    scores an ensemble), so each member embeds the tasks once.
+    """
+    member_scores = [SiameseScorer(member)(tasks) for member in siamese_members(model)]
+    members = [accuracy(scores, tasks) for scores in member_scores]
+    return accuracy(np.mean(member_scores, axis=0), tasks), members
+
+
 def saved_model_lake_scores(saved_model: str | Path, runs: LakeRuns, augmented: bool = False) -> np.ndarray:
     """Scores of Lake's 400 trials through an exported SavedModel, ``(400, 20)`` as ``lake_tasks``.
 

@@ -6,6 +6,8 @@ A run folder holds everything a run produced::
     log.csv              per-epoch metrics (appended across resumes)
     tensorboard/         TensorBoard logs
     backup/              BackupAndRestore state while training (a killed run resumes)
+    member1-seed0/ ...   with ``members > 1``: a run folder per network (train_members),
+                         and the folder holds the ensemble's best.keras and members.json
     best.keras           the model with the best one-shot validation accuracy
     learning_curves.png  loss and one-shot accuracy per epoch (written by keras_siamese.fit)
     one_shot_tasks.png   a few of Lake's trials as the model scored them (keras_siamese.fit)
@@ -216,12 +218,9 @@ def train(
         The model with the best one-shot validation accuracy, and the
         per-epoch history (from ``log.csv``, so it spans resumes).
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.json"
-    if config_path.exists() and TrainConfig.load(config_path) != config:
-        raise ValueError(f"{run_dir} holds a run with a different configuration ({config_path})")
-    config_path.write_text(config.to_json())
+    if config.members != 1:
+        raise ValueError(f"train() trains one network; use train_members() for {config.members}")
+    run_dir = _claim_run_dir(config, run_dir)
     best_path = run_dir / "best.keras"
     log_path = run_dir / "log.csv"
     backup_dir = run_dir / "backup"
@@ -280,6 +279,44 @@ def train(
     if best_path.exists():
         model = keras.models.load_model(best_path)
     return model, read_history(log_path)
+
+
+def train_members(
+    config: TrainConfig,
+    splits: dict[str, OmniglotImages],
+    run_dir: str | Path,
+    verbose: int | str = "auto",
+) -> list[tuple[Path, keras.Model, dict[str, list[Any]]]]:
+    """Trains the ``config.members`` networks of an ensemble, one after another.
+
+    Member ``i`` (from 1) is ``config`` with ``members=1`` and seed
+    ``config.seed + i - 1``, trained by :func:`train` in its own run folder
+    ``run_dir/member{i}-seed{seed}``: it is the run that ``fit --seed`` with the
+    same settings trains, a killed ensemble run resumes its unfinished member,
+    and finished members are loaded, not trained again.
+
+    Returns:
+        Each member's run folder, best model and per-epoch history.
+    """
+    run_dir = _claim_run_dir(config, run_dir)
+    trained = []
+    for i in range(config.members):
+        member = config.replace(members=1, seed=config.seed + i)
+        member_dir = run_dir / f"member{i + 1}-seed{member.seed}"
+        print(f"Member {i + 1} of {config.members}: seed {member.seed}, run folder {member_dir}")
+        trained.append((member_dir, *train(member, splits, member_dir, verbose)))
+    return trained
+
+
+def _claim_run_dir(config: TrainConfig, run_dir: str | Path) -> Path:
+    """Creates ``run_dir`` and writes ``config`` there, refusing a folder of another run."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    if config_path.exists() and TrainConfig.load(config_path) != config:
+        raise ValueError(f"{run_dir} holds a run with a different configuration ({config_path})")
+    config_path.write_text(config.to_json())
+    return run_dir
 
 
 def compiled_models(config: TrainConfig) -> tuple[keras.Model, keras.Model]:

@@ -10,6 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_siamese import export, plots
+from keras_siamese.model import load_trained, siamese_members
 
 OPTIONS = [
     "--preset",
@@ -32,6 +33,7 @@ OPTIONS = [
     "--within-alphabet",
     "--ema-momentum",
     "--max-minutes",
+    "--members",
     "--batch-norm",
     "--no-batch-norm",
     "--optimizer",
@@ -50,7 +52,7 @@ def test_help_lists_every_option(run_python):
     assert result.stdout.startswith("usage: python -m keras_siamese.fit")
     for option in OPTIONS:
         assert re.search(rf"{re.escape(option)}\b", result.stdout), option
-    for preset in ("cpu", "koch2015", "smoke"):
+    for preset in ("cpu", "cpu-long", "cpu-ensemble", "koch2015", "smoke"):
         assert preset in result.stdout
 
 
@@ -143,6 +145,52 @@ def test_fit_command_exports_a_servable_model(fit_run):
     x = tf.zeros((2, 28, 28, 1))
     p = serving(left=x, right=x)["probability"].numpy()
     assert p.shape == (2,) and ((p >= 0) & (p <= 1)).all()
+
+
+def test_fit_command_trains_and_exports_an_ensemble(
+    omniglot, omniglot_dir, tfds_dir, run_python, tmp_path
+):
+    result = run_python(
+        "-m", "keras_siamese.fit",
+        "--preset", "smoke",
+        "--members", "2",
+        "--epochs", "1",
+        "--steps-per-epoch", "3",
+        "--seed", "4",
+        "--data-dir", omniglot_dir,
+        "--tfds-dir", tfds_dir,
+        "--runs-dir", tmp_path / "runs",
+        "--export-dir", tmp_path / "saved_models",
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-5000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    members = [run_dir / "member1-seed4", run_dir / "member2-seed5"]
+    assert json.loads((run_dir / "members.json").read_text()) == [str(m.resolve()) for m in members]
+    for member in members:
+        for name in ("config.json", "log.csv", "best.keras", "learning_curves.png"):
+            assert (member / name).is_file(), member / name
+    assert len(siamese_members(load_trained(run_dir))) == 2
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["member_epochs"] == [1, 1]
+    assert len(metrics["member_val_one_shot_accuracy"]) == 2
+    for key in ("val_one_shot_accuracy", "lake_runs_accuracy", "koch_test_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    # The ensemble is what the SavedModel serves.
+    assert metrics["lake_runs_accuracy_saved_model"] == metrics["lake_runs_accuracy"]
+    assert metrics["lake_runs_accuracy_tta_saved_model"] == metrics["lake_runs_accuracy_tta"]
+    assert "Validation one-shot (20 tasks): ensemble" in result.stdout
+    assert "Trained 1 + 1 epochs" in result.stdout
+
+
+def test_an_override_out_of_range_is_a_clear_error(run_python, tmp_path):
+    result = run_python(
+        "-m", "keras_siamese.fit", "--members", "0", "--runs-dir", tmp_path / "runs", timeout=120
+    )
+    assert result.returncode != 0
+    assert "error: members must be at least 1, got 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_missing_data_dir_is_a_clear_error(run_python, tmp_path):

@@ -154,6 +154,33 @@ def test_a_killed_run_resumes_from_its_last_epoch(
     np.testing.assert_array_equal(again.predict(pair, verbose=0), model.predict(pair, verbose=0))
 
 
+def test_members_train_one_after_another_each_as_its_own_run(splits, tmp_path):
+    run_config = config_module.preset("smoke").replace(members=2, epochs=1, steps_per_epoch=3, seed=5)
+    members = training.train_members(run_config, splits, tmp_path / "ensemble", verbose=0)
+    assert [member_dir.name for member_dir, _, _ in members] == ["member1-seed5", "member2-seed6"]
+    assert TrainConfig.load(tmp_path / "ensemble" / "config.json") == run_config
+    for seed, (member_dir, model, history) in enumerate(members, start=5):
+        assert TrainConfig.load(member_dir / "config.json") == run_config.replace(members=1, seed=seed)
+        assert (member_dir / "best.keras").is_file() and history["epoch"] == [0]
+    # A member is the run that training one network with its seed gives.
+    _, alone = training.train(
+        run_config.replace(members=1, seed=6), splits, tmp_path / "alone", verbose=0
+    )
+    np.testing.assert_allclose(members[1][2]["loss"], alone["loss"], rtol=1e-4)
+    # Resumed once all members finished (say, killed during evaluation): nothing trains again.
+    logs = [(member_dir / "log.csv").read_text() for member_dir, _, _ in members]
+    again = training.train_members(run_config, splits, tmp_path / "ensemble", verbose=0)
+    assert [(member_dir / "log.csv").read_text() for member_dir, _, _ in again] == logs
+
+
+def test_train_trains_one_network_only(splits, tmp_path):
+    with pytest.raises(ValueError, match="train_members"):
+        training.train(config_module.preset("smoke").replace(members=2), splits, tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    with pytest.raises(ValueError, match="members must be at least 1"):
+        config_module.preset("smoke").replace(members=0)
+
+
 @pytest.mark.parametrize("name", sorted(config_module.PRESETS))
 def test_every_preset_resolves_and_trains_a_few_steps(name, splits):
     """Each preset's network, optimiser, loss and pipeline, at a tiny batch (speed is bench/'s job)."""

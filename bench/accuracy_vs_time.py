@@ -4,8 +4,8 @@
 
 For each run folder of ``python -m keras_siamese.fit``, plots the validation one-shot accuracy
 (the model-selection metric) at the end of each epoch against the training minutes, marks the
-final test figures from ``metrics.json`` (Lake's 20 runs, plain and with test-time augmentation),
-and prints them as a table. A folder of ``python -m keras_siamese.ensemble`` is marked at the
+final test figures from ``metrics.json`` (Lake's 20 runs, plain and with test-time augmentation;
+none for the member folders of an ensemble run), and prints them as a table. A folder of ``python -m keras_siamese.ensemble`` is marked at the
 training minutes of all its members together.
 """
 
@@ -40,13 +40,16 @@ def main() -> None:
         name = f"{config.preset}, {config.pair_sampling} pairs, seed {config.seed}"
         if name in curves:  # the same configuration run again (other code)
             name += f" ({'-'.join(run.name.split('-')[:2])})"
-        metrics = json.loads((run / "metrics.json").read_text())
-        lake, tta = metrics["lake_runs_accuracy"], metrics.get("lake_runs_accuracy_tta")
-        curves[name] = {"validation": (minutes[: len(values)], values), LAKE: ([minutes[-1]], [lake])}
-        if tta is not None:
-            curves[name][LAKE_TTA] = ([minutes[-1]], [tta])
+        curves[name] = {"validation": (minutes[: len(values)], values)}
+        # A member of an ensemble run has no test figures of its own: its curve only.
+        metrics_path = run / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        for key, label in (("lake_runs_accuracy", LAKE), ("lake_runs_accuracy_tta", LAKE_TTA)):
+            if key in metrics:
+                curves[name][label] = ([minutes[-1]], [metrics[key]])
+        lake, tta = (metrics.get(key) for key in ("lake_runs_accuracy", "lake_runs_accuracy_tta"))
         print(f"{run.name:<28} {len(values):>6} {minutes[-1]:>8.1f} {max(values):>9.1%} "
-              f"{lake:>7.1%} {tta if tta is None else f'{tta:.1%}':>9}")
+              + " ".join(f"{'-' if v is None else f'{v:.1%}':>{w}}" for v, w in ((lake, 7), (tta, 9))))
     plots.plot_accuracy_versus_time(
         curves, targets={"Koch et al. 2015: 92.0%": 0.92, "goal in 20 CPU minutes: 88%": 0.88},
         path=args.out,

@@ -7,7 +7,7 @@ preset trained with different ``--seed``s::
     python -m keras_siamese.ensemble runs/*-cpu-seed0 runs/*-cpu-seed1 runs/*-cpu-seed2
 
 (``python -m keras_siamese.fit --members 3`` trains those runs and combines them in
-one command; ``--preset cpu-ensemble`` is two ``cpu-long`` networks.) This command
+one command; ``--preset cpu-long`` is three ``cpu`` networks.) This command
 trains nothing. It writes a folder like a run folder of ``fit``: ``best.keras``
 (the ensemble, ``model.build_ensemble``), ``members.json``, ``metrics.json`` with
 ``fit``'s report, and ``one_shot_tasks.png``; and it exports the ensemble as one
@@ -83,11 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
     )
     write_metrics(metrics, out, started)
-    print(
-        summary(metrics)
-        + f"\nFolder: {out}"
-        + (f"\nSavedModel: {metrics['saved_model']}" if "saved_model" in metrics else "")
-    )
+    print(summary(metrics) + f"\nFolder: {out}")
     return metrics
 
 

@@ -5,7 +5,7 @@ split, scores it on Lake et al.'s 20 one-shot runs, and exports a SavedModel
 for TensorFlow Serving. Everything lands in a run folder (see
 ``keras_siamese.training``) plus ``metrics.json``, the learning curves and a
 sheet of Lake's trials as the model scored them (``one_shot_tasks.png``).
-With ``--members N`` (``--preset cpu-ensemble``: two ``cpu-long`` networks) it
+With ``--members N`` (``--preset cpu-long``: three ``cpu`` networks) it
 trains N networks, each in a run folder of its own, and reports and exports
 their ensemble, the mean of their scores.
 """
@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         default=DEFAULT_PRESET,
         help="starting configuration: 'cpu' trains in under 20 minutes on 2 CPU cores, "
-        "'cpu-long' in under an hour, 'cpu-ensemble' two cpu-long networks in about two "
-        "hours; 'koch2015' is the paper's protocol at 105x105 "
+        "'cpu-long' three cpu networks (an ensemble) in under an hour; "
+        "'koch2015' is the paper's protocol at 105x105 "
         "(meant for a GPU); "
         "'smoke' is a tiny network for trying the pipeline",
     )
@@ -68,10 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     over = parser.add_argument_group("overrides (default: the preset's value)")
     for field in (
-        "seed", "epochs", "steps_per_epoch", "batch_size", "patience", "image_size", "train_drawers"
+        "seed", "epochs", "steps_per_epoch", "batch_size", "patience", "image_size", "train_drawers",
+        "dense_units",
     ):
         over.add_argument(f"--{field.replace('_', '-')}", type=int, default=None)
-    for field in ("learning_rate", "within_alphabet", "ema_momentum"):
+    over.add_argument("--filters", type=int, nargs="+", default=None, metavar="N",
+                      help="output channels of each convolution (as many as the preset has)")
+    for field in ("learning_rate", "lr_decay", "within_alphabet", "ema_momentum"):
         over.add_argument(f"--{field.replace('_', '-')}", type=float, default=None)
     over.add_argument("--max-minutes", type=float, default=None,
                       help="end training within this many minutes: no epoch starts that "
@@ -100,15 +103,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The ModelConfig fields that have a command-line override.
+_MODEL_OVERRIDES = {"image_size", "filters", "dense_units", "mixed_precision", "batch_norm"}
+
+
 def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     """The run's configuration and folder from the command-line arguments."""
     overrides = {
         name: value
         for name, value in vars(args).items()
         if value is not None
-        and name in {f.name for f in dataclasses.fields(TrainConfig)} | {"image_size", "mixed_precision", "batch_norm"}
+        and name in {f.name for f in dataclasses.fields(TrainConfig)} | _MODEL_OVERRIDES
         and name != "preset"
     }
+    if "filters" in overrides:
+        overrides["filters"] = tuple(overrides["filters"])
     if args.resume:
         run_dir = Path(args.resume)
         config_path = run_dir / "config.json"
@@ -130,34 +139,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     config, run_dir = resolve_config(args)
 
-    # Imported here: they load TensorFlow Datasets, which --help does not need.
-    from keras_siamese import plots, training
-    from keras_siamese.model import build_ensemble
-
     started = time.monotonic()
     print(f"keras-siamese: preset {config.preset!r}, run folder {run_dir}")
     splits, runs = load_data(args.data_dir, args.tfds_dir, config.train_drawers)
 
     train_started = time.monotonic()
-    if config.members == 1:
-        model, history = training.train(config, splits, run_dir)
-        train_seconds = time.monotonic() - train_started
-        plots.plot_learning_curves(history, run_dir / "learning_curves.png")
-        trained = dict(
-            best_val_one_shot_accuracy=max(history.get(training.VAL_METRIC, [float("nan")])),
-            epochs=len(history.get("loss", [])),
-        )
-    else:
-        members = training.train_members(config, splits, run_dir)
-        train_seconds = time.monotonic() - train_started
-        model = build_ensemble([member for _, member, _ in members])
-        trained = ensemble_report(
-            model, [member_dir for member_dir, _, _ in members], splits["validation"], run_dir,
-            val_tasks=config.val_tasks, seed=config.seed,
-        )  # fmt: skip
-        for member_dir, _, history in members:
-            plots.plot_learning_curves(history, member_dir / "learning_curves.png")
-        trained["member_epochs"] = [len(history.get("loss", [])) for _, _, history in members]
+    model, trained = train_and_report(config, splits, run_dir)
+    train_seconds = time.monotonic() - train_started
 
     metrics = evaluate_and_export(
         model, splits, runs, run_dir, way=config.way, seed=config.seed,
@@ -167,9 +155,38 @@ def main(argv: list[str] | None = None) -> dict:
     write_metrics(metrics, run_dir, started)
     epochs = " + ".join(str(n) for n in metrics.get("member_epochs", [metrics.get("epochs")]))
     print(summary(metrics) + f"\nTrained {epochs} epochs in {train_seconds / 60:.1f} min; "
-          f"total {metrics['total_seconds'] / 60:.1f} min\nRun folder: {run_dir}"
-          + (f"\nSavedModel: {metrics['saved_model']}" if "saved_model" in metrics else ""))
+          f"total {metrics['total_seconds'] / 60:.1f} min\nRun folder: {run_dir}")
     return metrics
+
+
+def train_and_report(config: TrainConfig, splits, run_dir: Path) -> tuple[keras.Model, dict]:
+    """Trains one network (``training.train``) or ``config.members`` (``training.train_members``).
+
+    Draws the learning curves into each run folder. Returns the model (the
+    ensemble of the members for ``members > 1``, see ``ensemble_report``) and
+    the training figures for ``metrics.json``: the best validation one-shot
+    accuracy and the epochs trained (per member for an ensemble).
+    """
+    from keras_siamese import plots, training
+    from keras_siamese.model import build_ensemble
+
+    if config.members == 1:
+        model, history = training.train(config, splits, run_dir)
+        plots.plot_learning_curves(history, run_dir / "learning_curves.png")
+        return model, dict(
+            best_val_one_shot_accuracy=max(history.get(training.VAL_METRIC, [float("nan")])),
+            epochs=len(history.get("loss", [])),
+        )
+    members = training.train_members(config, splits, run_dir)
+    model = build_ensemble([member for _, member, _ in members])
+    trained = ensemble_report(
+        model, [member_dir for member_dir, _, _ in members], splits["validation"], run_dir,
+        val_tasks=config.val_tasks, seed=config.seed,
+    )  # fmt: skip
+    for member_dir, _, history in members:
+        plots.plot_learning_curves(history, member_dir / "learning_curves.png")
+    trained["member_epochs"] = [len(history.get("loss", [])) for _, _, history in members]
+    return model, trained
 
 
 def load_data(data_dir: str | None, tfds_dir: str | None, train_drawers: int | None = None):
@@ -272,6 +289,7 @@ def summary(metrics: dict) -> str:
            f"{metrics['lake_runs_accuracy_tta_saved_model']:.1%} with test-time augmentation "
            "(one_shot_tta)\n" if "saved_model" in metrics else "")
         + f"Peak memory: {metrics['peak_memory_mib']} MiB"
+        + (f"\nSavedModel: {metrics['saved_model']}" if "saved_model" in metrics else "")
     )
 
 

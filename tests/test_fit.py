@@ -28,8 +28,11 @@ OPTIONS = [
     "--pair-sampling",
     "--patience",
     "--image-size",
+    "--filters",
+    "--dense-units",
     "--train-drawers",
     "--learning-rate",
+    "--lr-decay",
     "--within-alphabet",
     "--ema-momentum",
     "--max-minutes",
@@ -52,7 +55,7 @@ def test_help_lists_every_option(run_python):
     assert result.stdout.startswith("usage: python -m keras_siamese.fit")
     for option in OPTIONS:
         assert re.search(rf"{re.escape(option)}\b", result.stdout), option
-    for preset in ("cpu", "cpu-long", "cpu-ensemble", "koch2015", "smoke"):
+    for preset in ("cpu", "cpu-long", "koch2015", "smoke"):
         assert preset in result.stdout
 
 
@@ -67,6 +70,23 @@ def test_parser_has_no_undocumented_options():
     }
     assert parser_options == set(OPTIONS)
 
+
+
+def test_overrides_land_in_the_config(tmp_path):
+    from keras_siamese import fit
+    from keras_siamese.config import preset
+
+    args = fit._parser().parse_args([
+        "--preset", "cpu-long", "--seed", "3", "--epochs", "7", "--lr-decay", "0.5",
+        "--learning-rate", "0.002", "--image-size", "40", "--no-distort",
+        "--filters", "8", "16", "16", "32", "--dense-units", "64", "--runs-dir", str(tmp_path),
+    ])  # fmt: skip
+    config, run_dir = fit.resolve_config(args)
+    assert config == preset("cpu-long").replace(
+        seed=3, epochs=7, lr_decay=0.5, learning_rate=0.002, image_size=40, distort=False,
+        filters=(8, 16, 16, 32), dense_units=64,
+    )
+    assert run_dir.parent == tmp_path and run_dir.name.endswith("-cpu-long-seed3")
 
 @pytest.fixture(scope="module")
 def fit_run(omniglot, omniglot_dir, tfds_dir, run_python, tmp_path_factory):

@@ -1,6 +1,6 @@
 """One-shot accuracy against training time, from run folders.
 
-    python bench/accuracy_vs_time.py RUN_DIR [RUN_DIR ...] [--out bench/accuracy_vs_time.png]
+    python bench/accuracy_vs_time.py RUN_DIR [RUN_DIR ...] [--label TEXT ...] [--out bench/accuracy_vs_time.png]
 
 For each run folder of ``python -m keras_siamese.fit``, plots the validation one-shot accuracy
 (the model-selection metric) at the end of each epoch against the training minutes, marks the
@@ -26,18 +26,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench/accuracy_vs_time.png"))
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="TEXT",
+        help="legend entry of the n-th run, for the first runs in order (default: preset, "
+        "pair sampling and seeds; runs that differ otherwise, e.g. by overrides, need one)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if len(args.label) > len(args.runs):
+        parser.error(f"{len(args.label)} labels for {len(args.runs)} runs")
+    labels = args.label + [None] * (len(args.runs) - len(args.label))
     curves = {}
     print(f"{'run':<28} {'epochs':>6} {'minutes':>8} {'best val':>9} {'Lake':>7} {'Lake TTA':>9}")
-    for run in args.runs:
+    for run, label in zip(args.runs, labels):
         if (run / "members.json").is_file():
-            _ensemble(run, curves)
+            _ensemble(run, curves, label)
             continue
         config = TrainConfig.load(run / "config.json")
         history = training.read_history(run / "log.csv")
         minutes = training.epoch_minutes(run)
         values = history[training.VAL_METRIC][: len(minutes)]
-        name = f"{config.preset}, {config.pair_sampling} pairs, seed {config.seed}"
+        name = label or f"{config.preset}, {config.pair_sampling} pairs, seed {config.seed}"
         if name in curves:  # the same configuration run again (other code)
             name += f" ({'-'.join(run.name.split('-')[:2])})"
         curves[name] = {"validation": (minutes[: len(values)], values)}
@@ -57,14 +65,14 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def _ensemble(folder: Path, curves: dict) -> None:
+def _ensemble(folder: Path, curves: dict, label: str | None = None) -> None:
     """Marks an ensemble's test figures at the sum of its members' training minutes."""
     members = [Path(member) for member in json.loads((folder / "members.json").read_text())]
     minutes = sum(training.epoch_minutes(member)[-1] for member in members)
     configs = [TrainConfig.load(member / "config.json") for member in members]
     presets = sorted({config.preset for config in configs})
     seeds = ", ".join(str(seed) for seed in sorted(config.seed for config in configs))
-    name = f"ensemble of {len(members)} ({'/'.join(presets)}, seeds {seeds})"
+    name = label or f"ensemble of {len(members)} ({'/'.join(presets)}, seeds {seeds})"
     if name in curves:  # the same presets and seeds again (other runs): add the oldest run's date
         name += f" (from {min('-'.join(m.name.split('-')[:2]) for m in members)})"
     metrics = json.loads((folder / "metrics.json").read_text())

@@ -52,12 +52,12 @@ def main() -> None:
         # A member of an ensemble run has no test figures of its own: its curve only.
         metrics_path = run / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        for key, label in (("lake_runs_accuracy", LAKE), ("lake_runs_accuracy_tta", LAKE_TTA)):
-            if key in metrics:
-                curves[name][label] = ([minutes[-1]], [metrics[key]])
-        lake, tta = (metrics.get(key) for key in ("lake_runs_accuracy", "lake_runs_accuracy_tta"))
+        figures = {LAKE: metrics.get("lake_runs_accuracy"), LAKE_TTA: metrics.get("lake_runs_accuracy_tta")}
+        curves[name].update(
+            {kind: ([minutes[-1]], [value]) for kind, value in figures.items() if value is not None}
+        )
         print(f"{run.name:<28} {len(values):>6} {minutes[-1]:>8.1f} {max(values):>9.1%} "
-              + " ".join(f"{'-' if v is None else f'{v:.1%}':>{w}}" for v, w in ((lake, 7), (tta, 9))))
+              + " ".join(f"{'-' if v is None else f'{v:.1%}':>{w}}" for v, w in zip(figures.values(), (7, 9))))
     plots.plot_accuracy_versus_time(
         curves, targets={"Koch et al. 2015: 92.0%": 0.92, "goal in 20 CPU minutes: 88%": 0.88},
         path=args.out,

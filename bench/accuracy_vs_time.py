@@ -67,7 +67,7 @@ def main() -> None:
 
 def _ensemble(folder: Path, curves: dict, label: str | None = None) -> None:
     """Marks an ensemble's test figures at the sum of its members' training minutes."""
-    members = [Path(member) for member in json.loads((folder / "members.json").read_text())]
+    members = _trained_runs(folder)
     minutes = sum(training.epoch_minutes(member)[-1] for member in members)
     configs = [TrainConfig.load(member / "config.json") for member in members]
     presets = sorted({config.preset for config in configs})
@@ -80,6 +80,14 @@ def _ensemble(folder: Path, curves: dict, label: str | None = None) -> None:
     curves[name] = {LAKE: ([minutes], [lake]), LAKE_TTA: ([minutes], [tta])}
     print(f"{folder.name:<28} {'':>6} {minutes:>8.1f} {metrics['val_one_shot_accuracy']:>9.1%} "
           f"{lake:>7.1%} {tta:>9.1%}")
+
+
+def _trained_runs(folder: Path) -> list[Path]:
+    """The run folders that trained an ensemble's networks; a member may be an ensemble itself."""
+    if not (folder / "members.json").is_file():
+        return [folder]
+    members = json.loads((folder / "members.json").read_text())
+    return [run for member in members for run in _trained_runs(Path(member))]
 
 
 if __name__ == "__main__":

@@ -18,27 +18,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from keras_siamese import data
 from keras_siamese.config import PRESETS, preset
-from keras_siamese.model import build_siamese, twin_of
+from keras_siamese.model import build_siamese, fast_bfloat16_hardware, twin_of
 from keras_siamese.pairs import pair_dataset
 from keras_siamese.training import make_optimizer
-
-
-def cpu_has_fast_bfloat16() -> bool:
-    """AMX or AVX-512 BF16 (Linux), or a GPU."""
-    if tf.config.list_physical_devices("GPU"):
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def flops_per_image(twin: keras.Model) -> float:
@@ -92,7 +80,7 @@ def main() -> None:
         train, image_size=config.model.image_size, batch_size=config.batch_size,
         steps=args.steps + 1, seed=0, within_alphabet=config.within_alphabet,
     ))
-    fast_bf16 = cpu_has_fast_bfloat16()
+    fast_bf16 = fast_bfloat16_hardware() is not None
     run_bf16 = args.precision == "both" or (args.precision == "auto" and fast_bf16)
 
     flops_pair = 3 * 2 * flops_per_image(twin_of(build_siamese(config.model)))  # fwd+bwd, 2 images

@@ -132,11 +132,17 @@ def _local_or_downloaded_zip(name: str, data_dir: str | os.PathLike | None) -> p
     # Imported here because Keras is only needed for this fallback.
     import keras
 
-    return pathlib.Path(
-        keras.utils.get_file(
+    try:
+        path = keras.utils.get_file(
             fname=f"{name}.zip", origin=OFFICIAL_URLS[name], cache_subdir="omniglot"
         )
-    )
+    except Exception as error:  # get_file raises a bare Exception for a failed download
+        where = f"not in {folder}" if folder is not None else "no Omniglot folder found"
+        raise OmniglotDataError(
+            f"{name}.zip: {where}, and downloading {OFFICIAL_URLS[name]} failed ({error}); "
+            f"name a folder holding it with --data-dir or ${DATA_DIR_ENV}."
+        ) from error
+    return pathlib.Path(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -696,7 +702,8 @@ def load_mnist_test(mnist_dir: str | os.PathLike | None = None) -> tuple[np.ndar
         inverted, so the network sees ink as it does on Omniglot) and int64 labels `(10000,)`.
 
     Raises:
-        MnistDataError: a named folder or a file is missing or malformed.
+        MnistDataError: a named folder or a file is missing or malformed, or with no
+            local copy, the download failed.
     """
     if mnist_dir is not None or os.environ.get(MNIST_DIR_ENV):
         folder = pathlib.Path(mnist_dir if mnist_dir is not None else os.environ[MNIST_DIR_ENV])
@@ -707,7 +714,13 @@ def load_mnist_test(mnist_dir: str | os.PathLike | None = None) -> tuple[np.ndar
     if folder is None:
         import keras
 
-        _, (images, labels) = keras.datasets.mnist.load_data()
+        try:
+            _, (images, labels) = keras.datasets.mnist.load_data()
+        except Exception as error:  # get_file raises a bare Exception for a failed download
+            raise MnistDataError(
+                f"no local MNIST test set (${MNIST_DIR_ENV} or {_SHARED_MNIST} beside the "
+                f"checkout), and downloading it failed ({error})."
+            ) from error
     else:
         arrays = {}
         for key, (name, magic) in _MNIST_FILES.items():

@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from keras_siamese.config import DEFAULT_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig, preset
+from keras_siamese.config import (
+    BFLOAT16_RECIPES, DEFAULT_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig, preset,
+)
 
-if TYPE_CHECKING:  # TensorFlow loads lazily: --help does not need it
+if TYPE_CHECKING:  # annotations only
     import keras
 
     from keras_siamese.data import OmniglotImages
@@ -94,8 +96,10 @@ def _parser() -> argparse.ArgumentParser:
         "--mixed-precision",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="bfloat16 compute: faster only on GPUs and on CPUs with AMX (about 4x) or "
-        "AVX-512 BF16 (2x at paper size, 1.2x for the cpu presets)",
+        help="mixed bfloat16 compute, with the cpu presets' bfloat16 recipe (75 epochs, "
+        "x0.97 per epoch); faster only on GPUs and on CPUs with AMX or AVX-512 BF16 (2x at "
+        "paper size, 1.15x for the cpu presets), many times slower elsewhere (default: on "
+        "for the cpu presets where bfloat16 is fast, else off)",
     )
     over.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                       help="batch normalisation after each convolution")
@@ -127,8 +131,13 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         if overrides:
             raise SystemExit("--resume takes the run's own config.json; drop the overrides")
         return TrainConfig.load(config_path), run_dir
+    mixed_precision = overrides.pop("mixed_precision", None)
+    if mixed_precision is None:  # the cpu presets compute in bfloat16 where it is fast
+        from keras_siamese.model import fast_bfloat16_hardware
+
+        mixed_precision = args.preset in BFLOAT16_RECIPES and fast_bfloat16_hardware() is not None
     try:
-        config = preset(args.preset).replace(**overrides)
+        config = preset(args.preset, mixed_precision).replace(**overrides)
     except ValueError as error:  # an override out of range
         raise SystemExit(f"error: {error}") from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -141,21 +150,22 @@ def main(argv: list[str] | None = None) -> dict:
     config, run_dir = resolve_config(args)
 
     started = time.monotonic()
-    print(f"keras-siamese: preset {config.preset!r}, run folder {run_dir}")
+    precision = "mixed bfloat16" if config.model.mixed_precision else "float32"
+    if config.model.mixed_precision and args.mixed_precision is None and not args.resume:
+        precision += " (fast on this machine; --no-mixed-precision for float32)"
+    print(f"keras-siamese: preset {config.preset!r} in {precision}, run folder {run_dir}")
     splits, runs = load_data(args.data_dir, args.tfds_dir, config.train_drawers)
 
-    train_started = time.monotonic()
     model, trained = train_and_report(config, splits, run_dir)
-    train_seconds = time.monotonic() - train_started
 
     metrics = evaluate_and_export(
         model, splits, runs, run_dir, way=config.way, seed=config.seed,
         export_dir=None if args.no_export else args.export_dir, model_name=args.model_name,
     )  # fmt: skip
-    metrics.update(trained, train_seconds=round(train_seconds, 1))
+    metrics.update(trained)
     write_metrics(metrics, run_dir, started)
     epochs = " + ".join(str(n) for n in metrics.get("member_epochs", [metrics.get("epochs")]))
-    print(summary(metrics) + f"\nTrained {epochs} epochs in {train_seconds / 60:.1f} min; "
+    print(summary(metrics) + f"\nTrained {epochs} epochs in {trained['train_seconds'] / 60:.1f} min; "
           f"total {metrics['total_seconds'] / 60:.1f} min\nRun folder: {run_dir}")
     return metrics
 
@@ -166,19 +176,25 @@ def train_and_report(config: TrainConfig, splits, run_dir: Path) -> tuple[keras.
     Draws the learning curves into each run folder. Returns the model (the
     ensemble of the members for ``members > 1``, see ``ensemble_report``) and
     the training figures for ``metrics.json``: the best validation one-shot
-    accuracy and the epochs trained (per member for an ensemble).
+    accuracy, the epochs trained (per member for an ensemble) and
+    ``train_seconds``, the time spent training (for an ensemble, its members'
+    training, not its validation scoring).
     """
     from keras_siamese import plots, training
     from keras_siamese.model import build_ensemble
 
+    started = time.monotonic()
     if config.members == 1:
         model, history = training.train(config, splits, run_dir)
+        train_seconds = time.monotonic() - started
         plots.plot_learning_curves(history, run_dir / "learning_curves.png")
         return model, dict(
             best_val_one_shot_accuracy=max(history.get(training.VAL_METRIC, [float("nan")])),
             epochs=len(history.get("loss", [])),
+            train_seconds=round(train_seconds, 1),
         )
     members = training.train_members(config, splits, run_dir)
+    train_seconds = time.monotonic() - started
     model = build_ensemble([member for _, member, _ in members])
     trained = ensemble_report(
         model, [member_dir for member_dir, _, _ in members], splits["validation"], run_dir,
@@ -187,6 +203,7 @@ def train_and_report(config: TrainConfig, splits, run_dir: Path) -> tuple[keras.
     for member_dir, _, history in members:
         plots.plot_learning_curves(history, member_dir / "learning_curves.png")
     trained["member_epochs"] = [len(history.get("loss", [])) for _, _, history in members]
+    trained["train_seconds"] = round(train_seconds, 1)
     return model, trained
 
 

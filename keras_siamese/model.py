@@ -7,7 +7,6 @@ prediction ``p = sigmoid(sum_j alpha_j |h1_j - h2_j| + b)``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,45 +14,24 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_siamese.config import ModelConfig
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of the twin CNN; the defaults are the paper's.
 
-    Attributes:
-        image_size: side of the square grey-scale input.
-        filters: output channels of the four convolutions.
-        kernel_sizes: kernel sides of the four convolutions.
-        dense_units: size of the embedding (the sigmoid dense layer).
-        padding: "valid" as in the paper (needs ``image_size >= 65``), or
-            "same" for smaller inputs.
-        l2: per-layer L2 factors for conv1-4, the dense layer and the head.
-        paper_init: the paper's initialisers (N(0, 1e-2) conv weights,
-            N(0.5, 1e-2) biases, N(0, 2e-1) dense weights) rather than Keras's.
-        batch_norm: batch normalisation after each convolution (an addition
-            to the paper, for short CPU training).
-        mixed_precision: compute in bfloat16 with float32 weights; the head
-            and its output stay float32.
+def fast_bfloat16_hardware() -> str | None:
+    """What makes mixed bfloat16 pay off here: "a GPU", "AMX", "AVX-512 BF16", or None.
+
+    Elsewhere (an AVX2-only CPU) bfloat16 arithmetic is emulated and many times
+    slower than float32. The CPU flags are read from ``/proc/cpuinfo`` (Linux).
     """
-
-    image_size: int = 105
-    filters: tuple[int, ...] = (64, 128, 128, 256)
-    kernel_sizes: tuple[int, ...] = (10, 7, 4, 4)
-    dense_units: int = 4096
-    padding: str = "valid"
-    l2: tuple[float, ...] = (2e-4, 2e-4, 2e-4, 2e-4, 2e-4, 0.0)
-    paper_init: bool = True
-    batch_norm: bool = False
-    mixed_precision: bool = False
-
-    def __post_init__(self):
-        if len(self.filters) != len(self.kernel_sizes):
-            raise ValueError("filters and kernel_sizes must have the same length")
-        if len(self.l2) != len(self.filters) + 2:
-            raise ValueError(
-                f"l2 needs {len(self.filters) + 2} factors (each conv, dense, head), "
-                f"got {len(self.l2)}"
-            )
+    if tf.config.list_physical_devices("GPU"):
+        return "a GPU"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    if "amx_bf16" in flags:
+        return "AMX"
+    return "AVX-512 BF16" if "avx512_bf16" in flags else None
 
 
 def layer_names(config: ModelConfig) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import zipfile
 
@@ -276,6 +277,17 @@ def test_runs_zip_that_is_not_a_zip(tmp_path):
         data.load_lake_runs(tmp_path)
 
 
+def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    """No local zip and no network (a refused port): an error naming the zip and --data-dir."""
+    cached = pathlib.Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets/omniglot"
+    if (cached / "all_runs.zip").exists():
+        pytest.skip("an earlier download is cached, so nothing is downloaded")
+    monkeypatch.setitem(data.OFFICIAL_URLS, "all_runs", "http://127.0.0.1:9/all_runs.zip")
+    with pytest.raises(data.OmniglotDataError, match=f"all_runs.zip: not in {tmp_path}.*--data-dir"):
+        data.load_lake_runs(tmp_path)
+    assert not (cached / "all_runs.zip").exists()  # nothing half-downloaded left as the zip
+
+
 def test_runs_zip_with_missing_files(tmp_path):
     with zipfile.ZipFile(tmp_path / "all_runs.zip", "w") as archive:
         archive.writestr("run01/training/class01.png", _png())
@@ -314,6 +326,19 @@ def test_mnist_found_beside_the_checkout_or_from_the_environment(tmp_path, monke
     monkeypatch.setenv(data.MNIST_DIR_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(data.MnistDataError, match="MNIST folder not found"):
         data.load_mnist_test()
+
+
+def test_mnist_without_a_local_copy_downloads_or_says_why_not(tmp_path, monkeypatch):
+    """Offline (as here) a clear MnistDataError, which `fit` reports as the transfer skipped."""
+    monkeypatch.delenv(data.MNIST_DIR_ENV, raising=False)
+    monkeypatch.setattr(data, "_SHARED_MNIST", pathlib.Path("no-mnist-here"))
+    monkeypatch.chdir(tmp_path)
+    try:
+        images, _ = data.load_mnist_test()
+    except data.MnistDataError as error:
+        assert "no local MNIST test set" in str(error) and "downloading it failed" in str(error)
+    else:  # online, or downloaded before
+        assert images.shape == (10000, 28, 28, 1)
 
 
 @pytest.mark.parametrize(

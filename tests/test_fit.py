@@ -78,15 +78,41 @@ def test_overrides_land_in_the_config(tmp_path):
 
     args = fit._parser().parse_args([
         "--preset", "cpu-long", "--seed", "3", "--epochs", "7", "--lr-decay", "0.5",
-        "--learning-rate", "0.002", "--image-size", "40", "--no-distort",
+        "--learning-rate", "0.002", "--image-size", "40", "--no-distort", "--mixed-precision",
         "--filters", "8", "16", "16", "32", "--dense-units", "64", "--runs-dir", str(tmp_path),
     ])  # fmt: skip
     config, run_dir = fit.resolve_config(args)
+    # The overrides win over the preset's bfloat16 recipe (75 epochs, x0.97) too.
     assert config == preset("cpu-long").replace(
         seed=3, epochs=7, lr_decay=0.5, learning_rate=0.002, image_size=40, distort=False,
-        filters=(8, 16, 16, 32), dense_units=64,
+        filters=(8, 16, 16, 32), dense_units=64, mixed_precision=True,
     )
     assert run_dir.parent == tmp_path and run_dir.name.endswith("-cpu-long-seed3")
+
+
+def test_precision_follows_the_flag_else_the_hardware(tmp_path):
+    from keras_siamese import fit
+    from keras_siamese.config import BFLOAT16_RECIPES, preset
+    from keras_siamese.model import fast_bfloat16_hardware
+
+    def resolved(*flags):
+        args = fit._parser().parse_args([*flags, "--runs-dir", str(tmp_path)])
+        return fit.resolve_config(args)[0]
+
+    # Explicit flags, the same on every machine.
+    assert resolved("--preset", "cpu", "--no-mixed-precision") == preset("cpu")
+    assert resolved("--preset", "cpu", "--mixed-precision") == preset("cpu").replace(
+        mixed_precision=True, epochs=75, lr_decay=0.97
+    )
+    assert resolved("--preset", "koch2015", "--mixed-precision") == preset("koch2015").replace(
+        mixed_precision=True
+    )
+    # Unset: bfloat16 for the presets with a bfloat16 recipe where it is fast here.
+    fast = fast_bfloat16_hardware() is not None
+    for name in ("cpu", "cpu-long", "koch2015", "smoke"):
+        config = resolved("--preset", name)
+        assert config.model.mixed_precision == (fast and name in BFLOAT16_RECIPES), name
+        assert config == preset(name, config.model.mixed_precision)
 
 @pytest.fixture(scope="module")
 def fit_run(omniglot, omniglot_dir, tfds_dir, run_python, tmp_path_factory):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from keras_siamese import model as siamese_model
-from keras_siamese.model import ModelConfig, WeightedL1, build_siamese, build_twin
+from keras_siamese.config import ModelConfig
+from keras_siamese.model import WeightedL1, build_siamese, build_twin
 
 PAPER_PARAMS = 38_951_745  # Koch et al. (2015), Fig. 4 at 105x105 with 'valid' padding
 

@@ -181,11 +181,15 @@ def test_train_trains_one_network_only(splits, tmp_path):
         config_module.preset("smoke").replace(members=0)
 
 
-@pytest.mark.parametrize("name", sorted(config_module.PRESETS))
-def test_every_preset_resolves_and_trains_a_few_steps(name, splits):
+@pytest.mark.parametrize(
+    "name, mixed_precision",
+    [(name, False) for name in sorted(config_module.PRESETS)]
+    + [(name, True) for name in sorted(config_module.BFLOAT16_RECIPES)],
+)
+def test_every_preset_resolves_and_trains_a_few_steps(name, mixed_precision, splits):
     """Each preset's network, optimiser, loss and pipeline, at a tiny batch (speed is bench/'s job)."""
-    config = config_module.preset(name)
-    assert config.preset == name
+    config = config_module.preset(name, mixed_precision)
+    assert config.preset == name and config.model.mixed_precision == mixed_precision
     assert config_module.TrainConfig.from_json(config.to_json()) == config
     config = config.replace(
         batch_size=4, batch_alphabets=2, batch_characters=2, batch_drawers=2,

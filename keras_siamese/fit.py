@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.monotonic()
     precision = "mixed bfloat16" if config.model.mixed_precision else "float32"
     if config.model.mixed_precision and args.mixed_precision is None and not args.resume:
-        precision += " (fast on this machine; --no-mixed-precision for float32)"
+        from keras_siamese.model import fast_bfloat16_hardware
+
+        precision += f" (fast with {fast_bfloat16_hardware()}; --no-mixed-precision for float32)"
     print(f"keras-siamese: preset {config.preset!r} in {precision}, run folder {run_dir}")
     splits, runs = load_data(args.data_dir, args.tfds_dir, config.train_drawers)
 

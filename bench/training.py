@@ -8,7 +8,7 @@ bfloat16 / float32 ratio, the model FLOPs per training pair (counted from the la
 forward and backward, both images), and the model FLOP utilisation against large-matmul
 throughput measured in the same run.
 
-bfloat16 is only fast on CPUs with AMX or AVX-512 BF16 (and on GPUs); on others TensorFlow
+bfloat16 is only fast on CPUs with AMX or AVX-512 BF16 (and on recent GPUs); on others TensorFlow
 emulates it at a small fraction of float32 speed, so ``--precision auto`` (the default) runs it
 only where the CPU reports one of those features.
 """

@@ -97,9 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="mixed bfloat16 compute, with the cpu presets' bfloat16 recipe (75 epochs, "
-        "x0.97 per epoch); faster only on GPUs and on CPUs with AMX or AVX-512 BF16 (2x at "
-        "paper size, 1.15x for the cpu presets), many times slower elsewhere (default: on "
-        "for the cpu presets where bfloat16 is fast, else off)",
+        "x0.97 per epoch); faster only on GPUs from Ampere on and on CPUs with AMX or "
+        "AVX-512 BF16 (2x at paper size, 1.15x for the cpu presets), many times slower "
+        "elsewhere (default: on for the cpu presets where bfloat16 is fast, else off)",
     )
     over.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                       help="batch normalisation after each convolution")

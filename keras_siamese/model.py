@@ -18,13 +18,19 @@ from keras_siamese.config import ModelConfig
 
 
 def fast_bfloat16_hardware() -> str | None:
-    """What makes mixed bfloat16 pay off here: "a GPU", "AMX", "AVX-512 BF16", or None.
+    """What makes mixed bfloat16 pay off here ("AMX", "AVX-512 BF16", a GPU), or None.
 
-    Elsewhere (an AVX2-only CPU) bfloat16 arithmetic is emulated and many times
-    slower than float32. The CPU flags are read from ``/proc/cpuinfo`` (Linux).
+    Training runs on the GPU where there is one, so then only the GPU counts: it
+    needs bfloat16 tensor cores (compute capability 8.0, Ampere, or later).
+    Elsewhere, an AVX2-only CPU or an older GPU, bfloat16 arithmetic is emulated
+    or slow. The CPU flags are read from ``/proc/cpuinfo`` (Linux).
     """
-    if tf.config.list_physical_devices("GPU"):
-        return "a GPU"
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+        if capability is not None and tuple(capability) >= (8, 0):
+            return f"a GPU of compute capability {capability[0]}.{capability[1]}"
+        return None
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:

@@ -247,7 +247,7 @@ PRESETS: dict[str, TrainConfig] = {
 # the mean of their scores. Each trains within the cpu preset's 19.5 minutes, so
 # training ends within an hour. Why not one network trained 3x longer: a cpu
 # network's validation accuracy levels off after about 40 of its 60 epochs, while
-# an ensemble gains about 4 points on validation over its best member (README).
+# an ensemble gains up to 5 points on validation over its best member (README).
 PRESETS["cpu-long"] = PRESETS["cpu"].replace(preset="cpu-long", members=3)
 DEFAULT_PRESET = "cpu"
 

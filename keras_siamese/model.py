@@ -7,6 +7,7 @@ prediction ``p = sigmoid(sum_j alpha_j |h1_j - h2_j| + b)``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from keras import ops
 from keras_siamese.config import ModelConfig
 
 
+@functools.cache  # the hardware does not change within a process
 def fast_bfloat16_hardware() -> str | None:
     """What makes mixed bfloat16 pay off here ("AMX", "AVX-512 BF16", a GPU), or None.
 

@@ -62,8 +62,7 @@ def small_model_config(**changes):
     """
     import dataclasses
 
-    from keras_siamese.config import preset
-    from keras_siamese.config import ModelConfig
+    from keras_siamese.config import ModelConfig, preset
 
     paper = ModelConfig()
     fields = dict(paper_init=paper.paper_init, batch_norm=paper.batch_norm, l2=paper.l2)

@@ -71,7 +71,6 @@ def test_parser_has_no_undocumented_options():
     assert parser_options == set(OPTIONS)
 
 
-
 def test_overrides_land_in_the_config(tmp_path):
     from keras_siamese import fit
     from keras_siamese.config import preset
@@ -113,6 +112,7 @@ def test_precision_follows_the_flag_else_the_hardware(tmp_path):
         config = resolved("--preset", name)
         assert config.model.mixed_precision == (fast and name in BFLOAT16_RECIPES), name
         assert config == preset(name, config.model.mixed_precision)
+
 
 @pytest.fixture(scope="module")
 def fit_run(omniglot, omniglot_dir, tfds_dir, run_python, tmp_path_factory):

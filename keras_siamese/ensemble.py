@@ -45,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         help="task sampling: Koch's test tasks and MNIST as `fit --seed`, validation tasks as "
         "its training (seed + 2)",
     )  # fmt: skip
-    parser.add_argument("--val-tasks", type=int, default=320, help="validation one-shot tasks")
+    parser.add_argument(
+        "--val-tasks", type=int, default=3200,
+        help="validation one-shot tasks, as many as the cpu presets select on",
+    )  # fmt: skip
     parser.add_argument("--export-dir", default="saved_models", help="TF Serving base folder")
     parser.add_argument("--model-name", default="siamese", help="model name under --export-dir")
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")

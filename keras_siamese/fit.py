@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         "dense_units",
     ):
         over.add_argument(f"--{field.replace('_', '-')}", type=int, default=None)
+    over.add_argument("--val-tasks", type=int, default=None,
+                      help="one-shot validation tasks each epoch, on which the best epoch is kept "
+                      "(the paper: 320)")
     over.add_argument("--filters", type=int, nargs="+", default=None, metavar="N",
                       help="output channels of each convolution (as many as the preset has)")
     for field in ("learning_rate", "lr_decay", "within_alphabet", "ema_momentum"):

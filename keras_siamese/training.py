@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,7 @@ def train(
     splits: dict[str, OmniglotImages],
     run_dir: str | Path,
     verbose: int | str = "auto",
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[keras.Model, dict[str, list[Any]]]:
     """Trains a Siamese network with ``model.fit`` and returns the best model.
 
@@ -213,6 +215,9 @@ def train(
             same configuration, training resumes from its last epoch, and if it
             holds a finished run, that run's best model is returned untrained.
         verbose: ``model.fit``'s verbosity (progress bars by default).
+        extra_callbacks: more callbacks for ``model.fit``, after the run's own, so
+            that their logs hold the one-shot validation accuracy. They see the
+            compiled model that ``fit`` trains (``compiled_models``).
 
     Returns:
         The model with the best one-shot validation accuracy, and the
@@ -265,6 +270,7 @@ def train(
     ]
     if config.max_minutes:
         callbacks.append(TimeLimit(config.max_minutes))
+    callbacks += extra_callbacks
     fitted.fit(
         train_ds,
         validation_data=val_ds,

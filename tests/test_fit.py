@@ -31,6 +31,7 @@ OPTIONS = [
     "--filters",
     "--dense-units",
     "--train-drawers",
+    "--val-tasks",
     "--learning-rate",
     "--lr-decay",
     "--within-alphabet",

@@ -173,6 +173,14 @@ def test_members_train_one_after_another_each_as_its_own_run(splits, tmp_path):
     assert [(member_dir / "log.csv").read_text() for member_dir, _, _ in again] == logs
 
 
+def test_extra_callbacks_see_the_one_shot_accuracy(splits, tmp_path):
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(dict(logs)))
+    run_config = config_module.preset("smoke").replace(epochs=2, steps_per_epoch=2)
+    _, history = training.train(run_config, splits, tmp_path / "run", verbose=0, extra_callbacks=[record])
+    assert [logs[training.VAL_METRIC] for logs in seen] == pytest.approx(history[training.VAL_METRIC])
+
+
 def test_train_trains_one_network_only(splits, tmp_path):
     with pytest.raises(ValueError, match="train_members"):
         training.train(config_module.preset("smoke").replace(members=2), splits, tmp_path)

@@ -50,6 +50,11 @@ def prefix_accuracies(scores: np.ndarray, tasks: evaluation.OneShotTasks, sizes)
     return [float(correct[:n].mean()) for n in sizes]
 
 
+def _best_of(n: int) -> str:
+    """The name of the rule that keeps the best epoch on the first ``n`` tasks."""
+    return f"best of {n:,} tasks"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench"),
@@ -88,14 +93,16 @@ def main() -> None:
         header = " ".join(f"{f'val {n}':>9}" for n in sizes)
         print(f"{'epoch':>5} {header} {'judge':>7} {'Lake':>6} {'Lake TTA':>9}")
         rows = []
+        # The scorers use the model's layers, so each epoch's loaded weights score.
+        scorer = evaluation.SiameseScorer(model)
+        tta_scorer = evaluation.SiameseScorer(model, views=TTA_VIEWS)
         epoch_files = sorted(weights.iterdir())
         for epoch, path in enumerate(epoch_files, start=1):
             fitted.load_weights(path)
-            scorer = evaluation.SiameseScorer(model)
             row = prefix_accuracies(scorer(selection), selection, sizes) + [
                 evaluation.accuracy(scorer(judge), judge),
                 evaluation.accuracy(scorer(lake), lake),
-                evaluation.accuracy(evaluation.SiameseScorer(model, views=TTA_VIEWS)(lake), lake),
+                evaluation.accuracy(tta_scorer(lake), lake),
             ]
             rows.append(row)
             print(f"{epoch:>5} " + " ".join(f"{v:>9.1%}" for v in row[: len(sizes)])
@@ -108,7 +115,7 @@ def main() -> None:
     print(f"largest difference from the run's own val_one_shot_accuracy: {mismatch:.4f}")
 
     print(f"\n{'rule':<22} {'epoch':>5} {'judge':>7} {'Lake':>6} {'Lake TTA':>9}")
-    kept = {f"best of {n:,} tasks": int(table[:, i].argmax()) for i, n in enumerate(sizes)}
+    kept = {_best_of(n): int(table[:, i].argmax()) for i, n in enumerate(sizes)}
     kept["last epoch"] = len(table) - 1
     kept["best on the judge"] = int(table[:, judge_column].argmax())
     for rule, index in kept.items():
@@ -138,10 +145,8 @@ def plot(table: np.ndarray, sizes: list[int], kept: dict[str, int], title: str, 
         ax.plot(epochs, 100 * table[:, column], label=name,
                 linestyle="--" if column > len(sizes) else "-", linewidth=1.2)
     by_epoch: dict[int, list[str]] = {}
-    for rule, index in kept.items():
-        if rule.startswith("best of"):
-            count = rule.removeprefix("best of ").removesuffix(" tasks")
-            by_epoch.setdefault(index + 1, []).append(count)
+    for n in sizes:
+        by_epoch.setdefault(kept[_best_of(n)] + 1, []).append(f"{n:,}")
     for epoch, counts in by_epoch.items():
         ax.axvline(epoch, color="grey", linewidth=0.6)
         ax.annotate(f"kept on {' and '.join(counts)} tasks", (epoch, 30), rotation=90,

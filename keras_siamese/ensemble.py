@@ -22,6 +22,8 @@ import argparse
 import time
 from pathlib import Path
 
+from keras_siamese.config import PRESETS
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -46,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         "its training (seed + 2)",
     )  # fmt: skip
     parser.add_argument(
-        "--val-tasks", type=int, default=None,
-        help="validation one-shot tasks (if unset: as many as the cpu presets select on)",
+        "--val-tasks", type=int, default=PRESETS["cpu"].val_tasks,
+        help="validation one-shot tasks, as many as the cpu presets select on",
     )  # fmt: skip
     parser.add_argument("--export-dir", default="saved_models", help="TF Serving base folder")
     parser.add_argument("--model-name", default="siamese", help="model name under --export-dir")
@@ -60,14 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     started = time.monotonic()
 
-    from keras_siamese.config import PRESETS
     from keras_siamese.fit import (
         ensemble_report, evaluate_and_export, load_data, summary, write_metrics,
     )
     from keras_siamese.model import build_ensemble, load_trained
-
-    # The cpu presets' number, defined once (config.PRESETS), not repeated here.
-    val_tasks = args.val_tasks or PRESETS["cpu"].val_tasks
 
     try:
         members = [load_trained(path) for path in args.members]
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     splits, runs = load_data(args.data_dir, args.tfds_dir)
 
     metrics = ensemble_report(
-        ensemble, args.members, splits["validation"], out, val_tasks=val_tasks, seed=args.seed
+        ensemble, args.members, splits["validation"], out, val_tasks=args.val_tasks, seed=args.seed
     )
     metrics.update(
         evaluate_and_export(

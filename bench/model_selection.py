@@ -149,8 +149,9 @@ def plot(table: np.ndarray, sizes: list[int], kept: dict[str, int], title: str, 
         by_epoch.setdefault(kept[_best_of(n)] + 1, []).append(f"{n:,}")
     for epoch, counts in by_epoch.items():
         ax.axvline(epoch, color="grey", linewidth=0.6)
-        ax.annotate(f"kept on {' and '.join(counts)} tasks", (epoch, 30), rotation=90,
-                    fontsize=8, va="bottom", ha="right")
+        # y in axes fraction, so the label stays inside whatever range the curves span.
+        ax.annotate(f"kept on {' and '.join(counts)} tasks", (epoch, 0.3), rotation=90,
+                    xycoords=ax.get_xaxis_transform(), fontsize=8, va="bottom", ha="right")
     ax.set(xlabel="epoch", ylabel="20-way one-shot accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.62, 0.02))

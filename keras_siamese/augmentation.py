@@ -38,6 +38,23 @@ class Distortion:
     probability: float = 0.5
     reference_size: int = 105
 
+    def scaled(self, strength: float) -> "Distortion":
+        """These ranges times ``strength`` (scale as its distance from 1): 0 is no distortion.
+
+        The probability of each component stays as it is, so ``strength`` changes how far
+        an image is distorted, not how often.
+        """
+        if strength < 0:
+            raise ValueError(f"strength must be at least 0, got {strength}")
+        return dataclasses.replace(
+            self,
+            rotation_deg=self.rotation_deg * strength,
+            shear=self.shear * strength,
+            scale_min=1.0 - (1.0 - self.scale_min) * strength,
+            scale_max=1.0 + (self.scale_max - 1.0) * strength,
+            translation_px=self.translation_px * strength,
+        )
+
 
 def _uniform(shape, seed, low, high):
     return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)

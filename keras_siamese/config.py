@@ -94,6 +94,9 @@ class TrainConfig:
         within_alphabet: probability that a different pair takes its second
             character from the first one's alphabet.
         distort: apply the paper's affine distortions to training pairs.
+        distortion_strength: multiplies the ranges of those distortions
+            (``augmentation.Distortion.scaled``; 1: the paper's). Test-time
+            augmentation keeps the paper's ranges.
         val_tasks: one-shot validation tasks each epoch (the paper: 320).
         way: candidates per one-shot task.
         val_pair_steps: batches of fixed validation pairs for ``val_loss``.
@@ -126,6 +129,7 @@ class TrainConfig:
     ema_momentum: float | None = None
     within_alphabet: float = 0.0
     distort: bool = True
+    distortion_strength: float = 1.0
     val_tasks: int = 320
     way: int = 20
     val_pair_steps: int = 4
@@ -137,6 +141,8 @@ class TrainConfig:
             raise ValueError(f"pair_sampling must be one of {PAIR_SAMPLING}, got {self.pair_sampling!r}")
         if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in (0, 1) or None, got {self.ema_momentum}")
+        if self.distortion_strength < 0:
+            raise ValueError(f"distortion_strength must be at least 0, got {self.distortion_strength}")
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")
 

@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="batch normalisation after each convolution")
     over.add_argument("--distort", action=argparse.BooleanOptionalAction, default=None,
                       help="the paper's affine distortions of training pairs")
+    over.add_argument("--distortion-strength", type=float, default=None,
+                      help="multiplies the distortions' ranges (rotation, shear, scale's distance "
+                      "from 1, translation; 1: the paper's)")
     return parser
 
 

@@ -355,7 +355,7 @@ def datasets(
     ``fit`` takes ``config.steps_per_epoch`` training batches per epoch.
     """
     size = config.model.image_size
-    distortion = Distortion() if config.distort else None
+    distortion = Distortion().scaled(config.distortion_strength) if config.distort else None
     if config.pair_sampling != "random":
         shape = dict(
             alphabets=config.batch_alphabets,

@@ -128,6 +128,28 @@ def test_translation_scales_with_the_image_size():
     assert np.abs(large["tx"].numpy()).max() <= 2.0 + 1e-6
 
 
+def test_scaled_distortion_stretches_every_range_but_not_the_probability(many_parameters):
+    strong = Distortion().scaled(1.5)
+    assert (strong.rotation_deg, strong.shear, strong.translation_px) == pytest.approx((15.0, 0.45, 3.0))
+    assert (strong.scale_min, strong.scale_max, strong.probability) == pytest.approx((0.7, 1.3, 0.5))
+    p = {k: v.numpy() for k, v in random_affine_parameters(4000, tf.constant([3, 7]), strong, 105).items()}
+    paper = many_parameters  # the same seed at the paper's strength
+    # The same draws, stretched: rotation, shear and translation by 1.5, scale's distance from 1 too.
+    np.testing.assert_allclose(p["theta"], 1.5 * paper["theta"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(p["shear_x"], 1.5 * paper["shear_x"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(p["scale_y"] - 1, 1.5 * (paper["scale_y"] - 1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(p["tx"], 1.5 * paper["tx"] * 105 / SIZE, rtol=1e-4, atol=1e-6)
+    assert np.abs(p["theta"]).max() > np.radians(10.0)  # beyond the paper's range
+
+
+def test_zero_strength_leaves_images_as_they_are():
+    images = _strokes()
+    out = distort(tf.constant(images), tf.constant([4, 2]), Distortion().scaled(0.0)).numpy()
+    np.testing.assert_allclose(out, images, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 0"):
+        Distortion().scaled(-1.0)
+
+
 def test_translation_moves_a_pixel_by_the_offset():
     """Forward map p -> A(p - c) + c + t with p = (x, y) = (column, row)."""
     image = np.zeros((1, SIZE, SIZE, 1), np.float32)

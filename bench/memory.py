@@ -40,6 +40,9 @@ def main() -> None:
             "-m", "keras_siamese.fit", "--preset", args.preset, "--epochs", "1",
             "--steps-per-epoch", str(args.steps), "--runs-dir", tmp, "--no-export",
         ])
+    from common import print_machine  # after the children: they are what is measured
+
+    print_machine()
     print(f"import TensorFlow + load Omniglot      {baseline:8.0f} MiB")
     print(f"training run, preset {args.preset:<12}      {training:8.0f} MiB peak "
           f"({training / 1024:.2f} GiB; limit 4 GiB)")

@@ -3,9 +3,9 @@
     python bench/pipeline.py [--preset cpu] [--pair-sampling random|all|alphabet] [--steps 30]
 
 Prints the median rate of the preset's tf.data pipeline alone (with the paper's
-distortions) and of training steps fed by it, in batches, images and training
-pairs per second, and the ratio: the pipeline must outpace training by a wide
-margin so it is never the bottleneck. With all-pairs batches a batch of ``B``
+distortions) and of training steps fed by it (in the precision ``fit`` trains the preset in
+here), in batches, images and training pairs per second, and the ratio: the pipeline must
+outpace training by a wide margin so it is never the bottleneck. With all-pairs batches a batch of ``B``
 images holds ``B (B - 1) / 2`` training pairs; with random pairs, ``B / 2``.
 """
 
@@ -18,7 +18,9 @@ import time
 import keras
 
 from keras_siamese import data, training
+from common import print_machine
 from keras_siamese.config import PAIR_SAMPLING, PRESETS, preset
+from keras_siamese.model import mixed_precision_by_default
 
 
 def _median_seconds(iterable, steps: int, warmup: int = 3) -> float:
@@ -39,7 +41,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    config = preset(args.preset)
+    config = preset(args.preset, mixed_precision_by_default(args.preset))
     if args.pair_sampling:
         config = config.replace(pair_sampling=args.pair_sampling)
     total = args.steps + 3
@@ -59,6 +61,7 @@ def main() -> None:
         "all": images * (images - 1) // 2,
         "alphabet": images * (images // config.batch_alphabets - 1) // 2,
     }[config.pair_sampling]
+    print_machine()
     print(
         f"preset {args.preset}: {config.pair_sampling} pairs, {images} images "
         f"({pairs} pairs) per batch, {config.model.image_size}px"

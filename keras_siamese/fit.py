@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keras_siamese.config import (
-    BFLOAT16_RECIPES, DEFAULT_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig, preset,
+    DEFAULT_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig, preset,
 )
 
 if TYPE_CHECKING:  # annotations only
@@ -139,9 +139,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         return TrainConfig.load(config_path), run_dir
     mixed_precision = overrides.pop("mixed_precision", None)
     if mixed_precision is None:  # the cpu presets compute in bfloat16 where it is fast
-        from keras_siamese.model import fast_bfloat16_hardware
+        from keras_siamese.model import mixed_precision_by_default
 
-        mixed_precision = args.preset in BFLOAT16_RECIPES and fast_bfloat16_hardware() is not None
+        mixed_precision = mixed_precision_by_default(args.preset)
     try:
         config = preset(args.preset, mixed_precision).replace(**overrides)
     except ValueError as error:  # an override out of range
@@ -293,10 +293,14 @@ def evaluate_and_export(
 
 
 def write_metrics(metrics: dict, run_dir: Path, started: float) -> None:
-    """Adds the total time and peak memory since ``started`` and writes ``run_dir/metrics.json``."""
+    """Adds the total time and peak memory since ``started``, and the machine, and writes
+    ``run_dir/metrics.json``."""
+    from keras_siamese.model import describe_machine
+
     metrics["total_seconds"] = round(time.monotonic() - started, 1)
     # ru_maxrss is in KiB on Linux: the peak resident memory of the whole process.
     metrics["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    metrics["machine"] = describe_machine()
     (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 

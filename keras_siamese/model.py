@@ -8,6 +8,7 @@ prediction ``p = sigmoid(sum_j alpha_j |h1_j - h2_j| + b)``.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_siamese.config import ModelConfig
+from keras_siamese.config import BFLOAT16_RECIPES, ModelConfig
 
 
 @functools.cache  # the hardware does not change within a process
@@ -40,6 +41,44 @@ def fast_bfloat16_hardware() -> str | None:
     if "amx_bf16" in flags:
         return "AMX"
     return "AVX-512 BF16" if "avx512_bf16" in flags else None
+
+
+def mixed_precision_by_default(preset_name: str) -> bool:
+    """Whether ``fit`` trains the preset in mixed bfloat16 unless told: the presets with a
+    bfloat16 recipe (``config.BFLOAT16_RECIPES``), where bfloat16 is fast on this machine."""
+    return preset_name in BFLOAT16_RECIPES and fast_bfloat16_hardware() is not None
+
+
+def describe_machine() -> dict[str, object]:
+    """What a run's figures were measured on: CPU model, usable cores, fast bfloat16, versions.
+
+    Speed and the epochs a time limit buys depend on the machine (the same step ran 54 ms on
+    one 2-core CPU and 100 ms on another), so ``fit`` records this beside every run's metrics.
+    """
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count()
+    gpus = [
+        tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "gpus": gpus,
+        "fast_bfloat16": fast_bfloat16_hardware(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
 
 
 def layer_names(config: ModelConfig) -> list[str]:

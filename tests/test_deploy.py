@@ -7,7 +7,6 @@ and what they say is checked against each other and against the README.
 
 from __future__ import annotations
 
-import pathlib
 
 import pytest
 import yaml

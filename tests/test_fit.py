@@ -155,6 +155,9 @@ def test_fit_command_end_to_end(fit_run):
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert 0 < metrics["peak_memory_mib"] < 4096
+    # The machine the figures were measured on is recorded beside them.
+    machine = metrics["machine"]
+    assert machine["cores"] >= 1 and machine["cpu"] and machine["tensorflow"] == tf.__version__
     assert "MNIST 10-way one-shot, no retraining:" in result.stdout
     assert float(match.group(1)) == pytest.approx(100 * metrics["lake_runs_accuracy"], abs=0.051)
     assert float(match.group(2)) == pytest.approx(100 * metrics["lake_runs_1nn"], abs=0.051)

@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmarks: turn-taking timings, model FLOPs, a matmul peak, the machine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from keras_siamese.model import describe_machine
+
+
+def flops_per_image(twin: keras.Model) -> float:
+    """Forward multiply-adds x 2 of the twin's convolutions and dense layer, for one image."""
+    total = 0.0
+    for layer in twin.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += 2.0 * h * w * c_out * kh * kw * layer.input.shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2.0 * layer.input.shape[-1] * layer.units
+    return total
+
+
+def interleaved_seconds(tasks: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each task per round, the tasks taking turns within each round.
+
+    Taking turns exposes every task to the same moments of a shared, noisy machine, so ratios
+    taken round by round stay fair while the machine's speed drifts. A first round (tracing,
+    compiling, warming oneDNN's kernel cache) runs before the ``rounds`` timed ones.
+    """
+    times: dict[str, list[float]] = {name: [] for name in tasks}
+    for round_ in range(rounds + 1):
+        for name, task in tasks.items():
+            start = time.perf_counter()
+            task()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def square_matmul(dtype: tf.DType, n: int = 4096) -> tuple[Callable[[], object], float]:
+    """A large square matmul to time, and its FLOPs: the ceiling that model FLOP utilisation
+    is measured against (its best round: a peak is what the hardware can do; on a shared
+    machine the slower rounds measure the neighbours)."""
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    matmul = tf.function(lambda x: tf.linalg.matmul(x, x))
+    return (lambda: matmul(a).numpy()), 2.0 * n**3
+
+
+def print_machine() -> None:
+    """One line naming what the figures below were measured on."""
+    machine = describe_machine()
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, fast bfloat16: "
+          f"{machine['fast_bfloat16'] or 'none'}; TensorFlow {machine['tensorflow']}, "
+          f"Keras {machine['keras']}")

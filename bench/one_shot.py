@@ -55,7 +55,8 @@ def main() -> None:
         support = tf.constant(runs.training[0], tf.float32)
         left = tf.repeat(queries, 20, axis=0)
         right = tf.tile(support, (20, 1, 1, 1))
-        matmul, matmul_flops = square_matmul(tf.bfloat16 if mixed else tf.float32)
+        matmul_dtype = tf.bfloat16 if mixed else tf.float32
+        matmul, matmul_flops = square_matmul(matmul_dtype)
         # Each comparison takes turns round by round, so the shared machine's drift hits both.
         seconds = interleaved_seconds({
             "run": lambda: one_shot(queries=queries, support=support),
@@ -88,14 +89,13 @@ def main() -> None:
     print_machine()
     print(f"preset {args.preset} ({size}x{size}, {precision}), median of {args.repeats} rounds "
           f"({max(3, args.repeats // 3)} for Lake's runs)")
-    matmul = "bfloat16" if mixed else "float32"
     rows = [
         ("20 queries x 20 candidates, one_shot", f"{run_ms:9.1f} ms  (40 twin passes)"),
         ("  per task (20 sharing their candidates)", f"{run_ms / 20:9.1f} ms"),
         ("the same 400 pairs, serving_default", f"{pairs_ms:9.1f} ms  (800 twin passes)"),
         ("ratio (median of the rounds)", f"{ratio:9.1f}x"),
         ("1 query x 20 candidates, one_shot", f"{single_ms:9.1f} ms per task  (21 twin passes)"),
-        (f"  floor at the best {matmul} matmul here", f"{1000 * task_flops / peak:9.1f} ms  "
+        (f"  floor at the best {matmul_dtype.name} matmul here", f"{1000 * task_flops / peak:9.1f} ms  "
          f"({task_flops / 1e9:.1f} GFLOP at {peak / 1e9:.0f} GFLOP/s)"),
         ("Lake's 20 runs (400 trials), SavedModel", f"{lake_ms:9.1f} ms"),
         ("Lake's 20 runs (400 trials), offline", f"{offline_ms:9.1f} ms"),

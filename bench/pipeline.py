@@ -5,8 +5,8 @@
 Prints the median rate of the preset's tf.data pipeline alone (with the paper's
 distortions) and of training steps fed by it (in the precision ``fit`` trains the preset in
 here), in batches, images and training pairs per second, and the ratio: the pipeline must
-outpace training by a wide margin so it is never the bottleneck. With all-pairs batches a batch of ``B``
-images holds ``B (B - 1) / 2`` training pairs; with random pairs, ``B / 2``.
+outpace training by a wide margin so it is never the bottleneck. With all-pairs batches a
+batch of ``B`` images holds ``B (B - 1) / 2`` training pairs; with random pairs, ``B / 2``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import time
 
 import keras
 
-from keras_siamese import data, training
 from common import print_machine
+from keras_siamese import data, training
 from keras_siamese.config import PAIR_SAMPLING, PRESETS, preset
 from keras_siamese.model import mixed_precision_by_default
 

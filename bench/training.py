@@ -44,34 +44,36 @@ def main() -> None:
         steps=None, seed=0, within_alphabet=config.within_alphabet,
     ))
     fast_bf16 = fast_bfloat16_hardware() is not None
-    precisions = {"float32": False}
+    # Each precision, and the dtype of its compute: the matmul of that dtype is its ceiling.
+    precisions = {"float32": tf.float32}
     if args.precision == "both" or (args.precision == "auto" and fast_bf16):
-        precisions["mixed bfloat16"] = True
+        precisions["mixed bfloat16"] = tf.bfloat16
     tasks, matmul_flops = {}, {}
-    for name, mixed in precisions.items():
-        model_config = config.replace(mixed_precision=mixed)
+    for name, dtype in precisions.items():
+        model_config = config.replace(mixed_precision=dtype == tf.bfloat16)
         model = build_siamese(model_config.model)
         model.compile(optimizer=make_optimizer(model_config), loss="binary_crossentropy")
         # The batch is drawn inside the timing: a pipeline that fell behind would show.
         tasks[name] = lambda model=model: model.train_on_batch(*next(batches))
-    for dtype in [tf.float32, tf.bfloat16][: len(precisions)]:
-        tasks[f"{dtype.name} matmul"], matmul_flops[dtype.name] = square_matmul(dtype)
+        tasks[f"{dtype.name} matmul"], matmul_flops[name] = square_matmul(dtype)
     seconds = interleaved_seconds(tasks, args.steps)
-    peaks = {dtype: flops / min(seconds[f"{dtype} matmul"]) for dtype, flops in matmul_flops.items()}
-
-    twin = twin_of(build_siamese(config.model))
-    flops_pair = 3 * 2 * flops_per_image(twin)  # forward and backward (2x forward), both images
+    peaks = {
+        name: flops / min(seconds[f"{precisions[name].name} matmul"])
+        for name, flops in matmul_flops.items()
+    }
+    # Forward and backward (2x forward), both images; the layer shapes are the same in
+    # either precision, so the last model built serves.
+    flops_pair = 3 * 2 * flops_per_image(twin_of(model))
     size = config.model.image_size
     print_machine()
     print(f"preset {args.preset}: {size}x{size}, batch {config.batch_size}, median of "
           f"{args.steps} steps per precision, taking turns, fed by the live pair pipeline")
     print(f"model FLOPs per training pair          {flops_pair / 1e9:8.2f} GFLOP")
-    for name, mixed in precisions.items():
+    for name, dtype in precisions.items():
         pairs = config.batch_size / statistics.median(seconds[name])
-        matmul_dtype = "bfloat16" if mixed else "float32"
-        peak = peaks[matmul_dtype]
+        peak = peaks[name]
         print(f"{name + ' training':38s} {pairs:8.1f} pairs/s  MFU {pairs * flops_pair / peak:6.1%} "
-              f"of {peak / 1e9:.0f} GFLOP/s, the best {matmul_dtype} matmul")
+              f"of {peak / 1e9:.0f} GFLOP/s, the best {dtype.name} matmul")
     if "mixed bfloat16" in precisions:
         rounds = [f / b for f, b in zip(seconds["float32"], seconds["mixed bfloat16"])]
         print(f"ratio bfloat16 / float32               {statistics.median(rounds):8.2f}x  "
@@ -79,7 +81,7 @@ def main() -> None:
               f"highest {max(rounds):.2f}x)")
         matmuls = [f / b for f, b in zip(seconds["float32 matmul"], seconds["bfloat16 matmul"])]
         print(f"ratio of the matmuls                   {statistics.median(matmuls):8.2f}x  "
-              f"(median of the rounds; of the best: {peaks['bfloat16'] / peaks['float32']:.2f}x)")
+              f"(median of the rounds; of the best: {peaks['mixed bfloat16'] / peaks['float32']:.2f}x)")
     else:
         print("mixed bfloat16: skipped, this CPU has neither AMX nor AVX-512 BF16 "
               "(--precision both runs it anyway, at emulated speed)")

@@ -7,7 +7,6 @@ and what they say is checked against each other and against the README.
 
 from __future__ import annotations
 
-
 import pytest
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format

@@ -255,3 +255,52 @@ def test_an_ensemble_needs_members_of_one_input_size(small_config):
 def test_load_trained_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no model at {tmp_path / 'best.keras'}"):
         siamese_model.load_trained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_matches_keras_batch_norm(dtype):
+    """Same outputs, gradients and moving statistics as Keras's layer, in training and inference."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(1.0, 2.0, (8, 6, 6, 5)), "float32")
+    keras_bn = keras.layers.BatchNormalization(momentum=0.9, dtype=dtype)
+    fused_bn = siamese_model.FusedBatchNormalization(momentum=0.9, dtype=dtype)
+    keras_bn.build(x.shape)
+    fused_bn.build(x.shape)
+    gamma, beta = rng.uniform(0.5, 2.0, 5), rng.normal(0.0, 1.0, 5)
+    for layer in (keras_bn, fused_bn):  # trained-looking weights, so a mix-up shows
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == "mixed_bfloat16" else dict(rtol=1e-4, atol=1e-4)
+    upstream = tf.constant(rng.normal(0.0, 1.0, x.shape), "float32")
+
+    def train(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32") * upstream)
+        return y, tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+    (y_keras, grads_keras), (y_fused, grads_fused) = train(keras_bn), train(fused_bn)
+    assert y_fused.dtype == y_keras.dtype
+    np.testing.assert_allclose(np.float32(y_fused), np.float32(y_keras), **tol)
+    for fused, expected in zip(grads_fused, grads_keras):
+        np.testing.assert_allclose(np.float32(fused), np.float32(expected), **tol)
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(
+            getattr(fused_bn, name).numpy(), getattr(keras_bn, name).numpy(), rtol=1e-3, atol=1e-3
+        )
+    assert not np.allclose(fused_bn.moving_variance.numpy(), 1.0)  # they did move
+    np.testing.assert_allclose(
+        np.float32(fused_bn(x, training=False)), np.float32(keras_bn(x, training=False)), **tol
+    )
+
+
+def test_fused_batch_norm_leaves_other_inputs_to_keras():
+    """A 2-D input (no fused kernel for it) is normalised exactly as Keras's layer does."""
+    x = np.random.default_rng(1).normal(3.0, 2.0, (16, 4)).astype("float32")
+    fused = siamese_model.FusedBatchNormalization()
+    expected = keras.layers.BatchNormalization()
+    np.testing.assert_allclose(fused(x, training=True), expected(x, training=True), rtol=1e-6)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), expected.moving_mean.numpy(), rtol=1e-6)

@@ -6,8 +6,9 @@ Builds the preset's network twice, once as the project builds it and once with
 ``keras.layers.BatchNormalization`` in place of ``FusedBatchNormalization``, and times both
 taking turns round by round in one process: a ``model.fit`` training step on the preset's
 batches (drawn inside the timing from the live pipeline) and, in inference, embedding one
-batch of images (``predict_on_batch``), as one-shot scoring does. Prints the median step times and the median of the
-per-round ratios, for float32 and, where the CPU has fast bfloat16, mixed bfloat16.
+batch of images (``predict_on_batch``), as one-shot scoring does. Prints the median times and
+the median of the per-round ratios, for float32 and, where the CPU has fast bfloat16, mixed
+bfloat16.
 """
 
 from __future__ import annotations

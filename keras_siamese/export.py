@@ -114,7 +114,11 @@ def _build_module(model: keras.Model, views: int = TTA_VIEWS, seed: int = 0) -> 
         return {"probability": tf.reshape(p, [-1])}
 
     def one_shot(queries, support):
-        scores = scores_of(embed_members(queries), embed_members(support))
+        # Queries and support in one twin pass: a pass over a few dozen small images costs
+        # mostly its fixed per-op overhead on a CPU, so two passes would take nearly twice as long.
+        n = tf.shape(queries)[0]
+        embedded = embed_members(tf.concat([queries, support], axis=0))
+        scores = scores_of([e[:n] for e in embedded], [e[n:] for e in embedded])
         return {"scores": scores, "best": tf.argmax(scores, axis=1, output_type=tf.int32)}
 
     def one_shot_tta(queries, support):

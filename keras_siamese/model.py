@@ -196,7 +196,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     (the biased batch variance, as Keras keeps). It takes the fused path for
     channels-last 4-D inputs without a mask, the case the twin CNN has, and
     leaves everything else (masks, renormalisation, synchronised statistics,
-    another backend) to Keras's layer.
+    float64, another backend) to Keras's layer.
     """
 
     def _fusable(self, inputs, mask) -> bool:
@@ -205,6 +205,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             keras.backend.backend() == "tensorflow"
             and rank == 4
             and self.axis in (-1, rank - 1)
+            and self.compute_dtype in ("float32", "bfloat16", "float16")
             and mask is None
             and self.center
             and self.scale

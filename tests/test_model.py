@@ -106,8 +106,9 @@ def test_weighted_l1_computes_the_papers_formula():
     assert p.shape == (5, 1)
 
 
-def test_keras_file_round_trip_in_safe_mode(small_config, tmp_path):
-    config = small_config(paper_init=False)
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_keras_file_round_trip_in_safe_mode(small_config, tmp_path, batch_norm):
+    config = small_config(paper_init=False, batch_norm=batch_norm)
     model = build_siamese(config)
     x = _pairs(config, n=8)
     path = tmp_path / "model.keras"
@@ -118,6 +119,12 @@ def test_keras_file_round_trip_in_safe_mode(small_config, tmp_path):
     twins = [layer for layer in loaded.layers if isinstance(layer, keras.Sequential)]
     assert len(twins) == 1
     assert loaded.count_params() == model.count_params()
+    fused = [
+        layer
+        for layer in twins[0].layers
+        if isinstance(layer, siamese_model.FusedBatchNormalization)
+    ]
+    assert len(fused) == (len(config.filters) if batch_norm else 0)
 
 
 @pytest.mark.parametrize("size", [52, 64])

@@ -114,8 +114,8 @@ def _build_module(model: keras.Model, views: int = TTA_VIEWS, seed: int = 0) -> 
         return {"probability": tf.reshape(p, [-1])}
 
     def one_shot(queries, support):
-        # Queries and support in one twin pass: a pass over a few dozen small images costs
-        # mostly its fixed per-op overhead on a CPU, so two passes would take nearly twice as long.
+        # Queries and support in one twin pass: on a CPU much of a pass over a few dozen small
+        # images is its fixed per-op cost, which one pass pays once (bench/one_shot.py).
         n = tf.shape(queries)[0]
         embedded = embed_members(tf.concat([queries, support], axis=0))
         scores = scores_of([e[:n] for e in embedded], [e[n:] for e in embedded])

@@ -271,7 +271,7 @@ DEFAULT_PRESET = "cpu"
 # recipe: see the README's ablation table. On a CPU without fast bfloat16 it is
 # emulated and many times slower, which is why it is not simply the preset. These step
 # times predate fused batch normalisation (model.FusedBatchNormalization: 1.57x faster
-# steps in bfloat16 on a Xeon with AMX, 44 to 50 epochs there instead of 29 to 32), so on
+# steps in bfloat16 on a Xeon with AMX, 42 to 50 epochs there instead of 29 to 32), so on
 # the EPYC the 75 epochs may now end before the time limit (not measured there).
 _BFLOAT16_CPU = {"mixed_precision": True, "epochs": 75, "lr_decay": 0.97}
 BFLOAT16_RECIPES: dict[str, dict[str, Any]] = {"cpu": _BFLOAT16_CPU, "cpu-long": _BFLOAT16_CPU}

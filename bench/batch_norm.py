@@ -19,27 +19,25 @@ from unittest import mock
 
 import keras
 
-from common import interleaved_seconds, print_machine
+from common import add_precision_argument, interleaved_seconds, print_machine, with_bfloat16
 from keras_siamese import data, training
 from keras_siamese import model as siamese_model
 from keras_siamese.config import PRESETS, preset
-from keras_siamese.model import fast_bfloat16_hardware, twin_of
+from keras_siamese.model import twin_of
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--steps", type=int, default=30, help="timed rounds")
-    parser.add_argument("--precision", choices=("auto", "both", "float32"), default="auto")
+    add_precision_argument(parser)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     base = preset(args.preset)
     if not base.model.batch_norm:
         parser.error(f"preset {args.preset} has no batch normalisation")
     splits = data.paper_split(data.load_omniglot(args.data_dir))
-    precisions = [False]
-    if args.precision == "both" or (args.precision == "auto" and fast_bfloat16_hardware()):
-        precisions.append(True)
+    precisions = [False, True] if with_bfloat16(args.precision) else [False]
 
     tasks = {}
     for mixed in precisions:

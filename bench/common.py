@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 
 import keras
 import tensorflow as tf
 
-from keras_siamese.model import describe_machine
+from keras_siamese.model import describe_machine, fast_bfloat16_hardware
 
 
 def flops_per_image(twin: keras.Model) -> float:
@@ -48,6 +49,17 @@ def square_matmul(dtype: tf.DType, n: int = 4096) -> tuple[Callable[[], object],
     a = tf.cast(tf.random.normal((n, n)), dtype)
     matmul = tf.function(lambda x: tf.linalg.matmul(x, x))
     return (lambda: matmul(a).numpy()), 2.0 * n**3
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision auto|both|float32``: the precisions a benchmark compares (``with_bfloat16``)."""
+    parser.add_argument("--precision", choices=("auto", "both", "float32"), default="auto")
+
+
+def with_bfloat16(precision: str) -> bool:
+    """Whether ``--precision`` runs mixed bfloat16 beside float32: ``both`` always, ``auto``
+    where bfloat16 is fast here (elsewhere TensorFlow emulates it, many times slower)."""
+    return precision == "both" or (precision == "auto" and fast_bfloat16_hardware() is not None)
 
 
 def print_machine() -> None:

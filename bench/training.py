@@ -22,10 +22,13 @@ import statistics
 import keras
 import tensorflow as tf
 
-from common import flops_per_image, interleaved_seconds, print_machine, square_matmul
+from common import (
+    add_precision_argument, flops_per_image, interleaved_seconds, print_machine, square_matmul,
+    with_bfloat16,
+)
 from keras_siamese import data
 from keras_siamese.config import PRESETS, preset
-from keras_siamese.model import build_siamese, fast_bfloat16_hardware, twin_of
+from keras_siamese.model import build_siamese, twin_of
 from keras_siamese.pairs import pair_dataset
 from keras_siamese.training import make_optimizer
 
@@ -34,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="koch2015")
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each precision")
-    parser.add_argument("--precision", choices=("auto", "both", "float32"), default="auto")
+    add_precision_argument(parser)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     config = preset(args.preset)
@@ -43,10 +46,9 @@ def main() -> None:
         train, image_size=config.model.image_size, batch_size=config.batch_size,
         steps=None, seed=0, within_alphabet=config.within_alphabet,
     ))
-    fast_bf16 = fast_bfloat16_hardware() is not None
     # Each precision, and the dtype of its compute: the matmul of that dtype is its ceiling.
     precisions = {"float32": tf.float32}
-    if args.precision == "both" or (args.precision == "auto" and fast_bf16):
+    if with_bfloat16(args.precision):
         precisions["mixed bfloat16"] = tf.bfloat16
     tasks, matmul_flops = {}, {}
     for name, dtype in precisions.items():

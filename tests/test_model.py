@@ -7,6 +7,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_siamese import model as siamese_model
 from keras_siamese.config import ModelConfig
@@ -267,8 +268,6 @@ def test_load_trained_names_what_is_missing(tmp_path):
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
 def test_fused_batch_norm_matches_keras_batch_norm(dtype):
     """Same outputs, gradients and moving statistics as Keras's layer, in training and inference."""
-    import tensorflow as tf
-
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(1.0, 2.0, (8, 6, 6, 5)), "float32")
     keras_bn = keras.layers.BatchNormalization(momentum=0.9, dtype=dtype)

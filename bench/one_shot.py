@@ -11,7 +11,10 @@ Times, in one process, on one SavedModel:
 - a single-query 20-way task through ``one_shot`` (21 twin passes, 20 head evaluations);
 - all of Lake's 20 runs (400 trials) through ``one_shot``, and through the offline evaluator;
 - the floor under a single-query task: its 21 twin passes' FLOPs at the best large-matmul
-  throughput of the same precision, measured in the same run.
+  throughput of the same precision, measured in the same run;
+- in mixed bfloat16, the 40 twin passes of a run as the trained network computes them (casting
+  its float32 weights to bfloat16 on every call) against the export's ``serving_copy`` (the
+  weights held in bfloat16).
 
 Medians of ``--repeats`` rounds in which the timings take turns (the machine is shared and noisy).
 The network is the preset's, untrained: speed does not depend on the weights. It computes in the
@@ -32,6 +35,7 @@ from common import flops_per_image, interleaved_seconds, print_machine, square_m
 from keras_siamese import data, evaluation, export
 from keras_siamese.config import PRESETS, preset
 from keras_siamese.model import build_siamese, mixed_precision_by_default, twin_of
+from keras_siamese.preprocessing import to_model_input
 
 
 def main() -> None:
@@ -57,13 +61,19 @@ def main() -> None:
         right = tf.tile(support, (20, 1, 1, 1))
         matmul_dtype = tf.bfloat16 if mixed else tf.float32
         matmul, matmul_flops = square_matmul(matmul_dtype)
-        # Each comparison takes turns round by round, so the shared machine's drift hits both.
-        seconds = interleaved_seconds({
+        tasks = {
             "run": lambda: one_shot(queries=queries, support=support),
             "pairs": lambda: pairs(left=left, right=right),
             "single": lambda: one_shot(queries=queries[:1], support=support),
             "matmul": matmul,
-        }, args.repeats)  # fmt: skip
+        }
+        if mixed:
+            images = to_model_input(tf.concat([queries, support], axis=0), config.model.image_size)
+            for name, twin in (("cast", twin_of(model)), ("held", twin_of(export.serving_copy(model)))):
+                embed = tf.function(lambda twin=twin: twin(images, training=False))
+                tasks[f"twin {name}"] = lambda embed=embed: embed().numpy()
+        # Each comparison takes turns round by round, so the shared machine's drift hits both.
+        seconds = interleaved_seconds(tasks, args.repeats)
         all_queries = tf.constant(runs.test, tf.float32)
         all_support = tf.constant(runs.training, tf.float32)
 
@@ -100,6 +110,13 @@ def main() -> None:
         ("Lake's 20 runs (400 trials), SavedModel", f"{lake_ms:9.1f} ms"),
         ("Lake's 20 runs (400 trials), offline", f"{offline_ms:9.1f} ms"),
     ]
+    if mixed:
+        cast_ms, held_ms = ms["twin cast"], ms["twin held"]
+        held = statistics.median(c / h for c, h in zip(seconds["twin cast"], seconds["twin held"]))
+        rows += [
+            ("40 twin passes, weights cast each call", f"{cast_ms:9.1f} ms  (the trained network)"),
+            ("  weights held in bfloat16", f"{held_ms:9.1f} ms  (export.serving_copy): {held:.2f}x"),
+        ]
     for label, value in rows:
         print(f"{label:42s} {value}")
 

@@ -45,6 +45,14 @@ computes them offline, for ``views`` times the twin passes.
 variable twice (keras-team/keras#23553). Here the endpoints are plain
 ``tf.function``s on a ``tf.Module`` that tracks the model's underlying
 ``tf.Variable``s once, so the SavedModel holds a single copy of the weights.
+
+A model trained in mixed precision keeps float32 weights and casts them to
+bfloat16 each time a layer computes. Serving needs only the bfloat16 values, so
+the export holds the convolutions' and the dense layer's weights in the dtype
+they compute in (:func:`serving_copy`): the same values, hence the same scores,
+without the casts on every call (a 20-way task of the ``cpu`` network
+re-cast its 1M dense weights for each call, about a tenth of its time) and
+in half the bytes.
 """
 
 from __future__ import annotations
@@ -83,8 +91,55 @@ def _encoded(name: str) -> tf.TensorSpec:
     return tf.TensorSpec((None,), tf.string, name=name)
 
 
+def _casts_its_weights(layer: keras.layers.Layer) -> bool:
+    """A mixed-precision convolution or dense layer (batch normalisation, also float32 weights
+    under a mixed policy, computes its statistics in float32 whatever its policy)."""
+    policy = layer.dtype_policy
+    return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and (
+        policy.compute_dtype != policy.variable_dtype
+    )
+
+
+def _in_compute_dtype(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A new layer like ``layer``, with its weights in its compute dtype if it casts them."""
+    config = layer.get_config()
+    if _casts_its_weights(layer):
+        config["dtype"] = layer.dtype_policy.compute_dtype
+    return layer.__class__.from_config(config)
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``, nested models' layers included."""
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if isinstance(layer, keras.Model):
+            layers += _all_layers(layer)
+    return layers
+
+
+def serving_copy(model: keras.Model) -> keras.Model:
+    """``model`` for serving: a copy whose mixed-precision layers hold their weights in bfloat16.
+
+    A mixed-precision layer casts its float32 weights to bfloat16 every time it computes; the
+    copy holds the cast values instead, so it computes exactly what ``model`` computes, without
+    the casts. A model without such layers (float32) is returned as it is.
+    """
+    if not any(_casts_its_weights(layer) for layer in _all_layers(model)):
+        return model
+    copy = keras.models.clone_model(model, clone_function=_in_compute_dtype, recursive=True)
+    # The copy has the model's structure, so its variables come in the same order. (Not matched
+    # by path: a loaded model's paths can lack the scopes of a freshly built one's.)
+    for target, source in zip(copy.variables, model.variables, strict=True):
+        if target.name != source.name or target.shape != source.shape:
+            raise ValueError(f"serving copy: {target.path} does not match {source.path}")
+        target.assign(tf.cast(source.value, target.dtype))
+    return copy
+
+
 def _build_module(model: keras.Model, views: int = TTA_VIEWS, seed: int = 0) -> tuple[tf.Module, dict]:
     """A ``tf.Module`` with the serving endpoints of ``model`` (a Siamese model or an ensemble)."""
+    model = serving_copy(model)
     size = model.input["left"].shape[1]
     query_rows, support_rows = tta_transforms(views, size, seed)
     members = [(twin_of(m), head_of(m)) for m in siamese_members(model)]

@@ -13,7 +13,9 @@ import pytest
 import tensorflow as tf
 
 from keras_siamese import evaluation, export
-from keras_siamese.model import build_ensemble, build_siamese, twin_of
+from keras_siamese.model import (
+    build_ensemble, build_siamese, head_of, load_models, siamese_members, twin_of,
+)
 from keras_siamese.preprocessing import to_model_input
 
 # Loads a SavedModel the way a model server does: TensorFlow only. `import tensorflow` itself
@@ -287,6 +289,54 @@ def test_mixed_precision_export_serves_float32(small_config, omniglot, tmp_path)
     assert signatures["embed"](images=images)["embedding"].dtype == tf.float32
     assert signatures["one_shot"](queries=images, support=images)["scores"].dtype == tf.float32
     assert signatures["one_shot_tta"](queries=images, support=images)["scores"].dtype == tf.float32
+
+
+@pytest.mark.parametrize("members", [1, 2, "2 and 1, loaded"])
+def test_serving_copy_holds_bfloat16_weights_and_computes_the_same(
+    small_config, pairs, tmp_path, members
+):
+    config = small_config(mixed_precision=True, batch_norm=True)
+    if members == 1:
+        model = build_siamese(config)
+    elif members == 2:
+        model = build_ensemble([build_siamese(config), build_siamese(config)])
+    else:  # an ensemble of an ensemble and a network, as `ensemble` combines run folders
+        build_ensemble([build_siamese(config), build_siamese(config)]).save(tmp_path / "a.keras")
+        build_siamese(config).save(tmp_path / "b.keras")
+        model = load_models([tmp_path / "a.keras", tmp_path / "b.keras"])
+    copy = export.serving_copy(model)
+    dtypes = {(layer.name, v.name): v.dtype for layer in _twin_layers(copy) for v in layer.weights}
+    assert dtypes["conv1", "kernel"] == "bfloat16"
+    assert dtypes["dense", "kernel"] == dtypes["dense", "bias"] == "bfloat16"
+    # Batch normalisation and the head keep float32.
+    assert dtypes["bn1", "gamma"] == dtypes["bn1", "moving_variance"] == "float32"
+    assert all(head_of(m).alpha.dtype == "float32" for m in siamese_members(copy))
+    assert all(v.dtype == "float32" for v in model.variables)  # the model itself is untouched
+    x = {side: to_model_input(images, config.image_size) for side, images in pairs.items()}
+    np.testing.assert_array_equal(
+        copy.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
+
+
+def _twin_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    return [layer for m in siamese_members(model) for layer in twin_of(m).layers]
+
+
+def test_mixed_precision_export_holds_the_bfloat16_weights_once(small_config, pairs, tmp_path):
+    model = build_siamese(small_config(mixed_precision=True, batch_norm=True))
+    target = export.export_saved_model(model, tmp_path, "siamese")
+    weight_bytes = sum(
+        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        for v in export.serving_copy(model).variables
+    )
+    assert weight_bytes < 0.6 * sum(int(np.prod(v.shape)) * 4 for v in model.variables)
+    saved_bytes = sum(p.stat().st_size for p in (target / "variables").glob("variables.data-*"))
+    assert weight_bytes <= saved_bytes < 1.3 * weight_bytes
+    served = tf.saved_model.load(str(target)).signatures["serving_default"](**pairs)
+    np.testing.assert_allclose(served["probability"], _offline(model, pairs), rtol=1e-5, atol=1e-6)
+    # A float32 model has nothing to cast: it is exported as it is.
+    float32_model = build_siamese(small_config())
+    assert export.serving_copy(float32_model) is float32_model
 
 
 def test_an_ensemble_exports_with_the_same_signatures(small_config, lake_runs, tmp_path):

@@ -27,6 +27,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/one_shot.py
 	$(PY) bench/one_shot.py --preset koch2015 --repeats 5
 	$(PY) bench/training.py
+	$(PY) bench/convolutions.py
 	$(PY) bench/batch_norm.py
 	$(PY) bench/memory.py
 

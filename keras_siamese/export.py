@@ -92,8 +92,8 @@ def _encoded(name: str) -> tf.TensorSpec:
 
 
 def _casts_its_weights(layer: keras.layers.Layer) -> bool:
-    """A mixed-precision convolution or dense layer (batch normalisation, also float32 weights
-    under a mixed policy, computes its statistics in float32 whatever its policy)."""
+    """Whether ``layer`` is a mixed-precision convolution or dense layer. Batch normalisation
+    also keeps float32 weights under a mixed policy, but computes with them in float32."""
     policy = layer.dtype_policy
     return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and (
         policy.compute_dtype != policy.variable_dtype
@@ -119,10 +119,11 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 def serving_copy(model: keras.Model) -> keras.Model:
-    """``model`` for serving: a copy whose mixed-precision layers hold their weights in bfloat16.
+    """``model`` for serving: a copy whose mixed-precision layers hold their weights in the
+    dtype they compute in (bfloat16).
 
-    A mixed-precision layer casts its float32 weights to bfloat16 every time it computes; the
-    copy holds the cast values instead, so it computes exactly what ``model`` computes, without
+    A mixed-precision layer casts its float32 weights every time it computes; the copy holds
+    the cast values instead, so it computes exactly what ``model`` computes, without
     the casts. A model without such layers (float32) is returned as it is.
     """
     if not any(_casts_its_weights(layer) for layer in _all_layers(model)):

@@ -12,17 +12,20 @@ import tensorflow as tf
 from keras_siamese.model import describe_machine, fast_bfloat16_hardware
 
 
+def layer_flops(layer: keras.layers.Layer) -> float:
+    """Forward multiply-adds x 2 of a convolution or dense layer for one image (0 for others)."""
+    if isinstance(layer, keras.layers.Conv2D):
+        _, h, w, c_out = layer.output.shape
+        kh, kw = layer.kernel_size
+        return 2.0 * h * w * c_out * kh * kw * layer.input.shape[-1]
+    if isinstance(layer, keras.layers.Dense):
+        return 2.0 * layer.input.shape[-1] * layer.units
+    return 0.0
+
+
 def flops_per_image(twin: keras.Model) -> float:
     """Forward multiply-adds x 2 of the twin's convolutions and dense layer, for one image."""
-    total = 0.0
-    for layer in twin.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            kh, kw = layer.kernel_size
-            total += 2.0 * h * w * c_out * kh * kw * layer.input.shape[-1]
-        elif isinstance(layer, keras.layers.Dense):
-            total += 2.0 * layer.input.shape[-1] * layer.units
-    return total
+    return sum(layer_flops(layer) for layer in twin.layers)
 
 
 def interleaved_seconds(tasks: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

@@ -21,7 +21,9 @@ import statistics
 import keras
 import tensorflow as tf
 
-from common import add_precision_argument, interleaved_seconds, print_machine, with_bfloat16
+from common import (
+    add_precision_argument, interleaved_seconds, layer_flops, print_machine, with_bfloat16,
+)
 from keras_siamese.config import PRESETS, preset
 from keras_siamese.model import build_twin
 
@@ -55,15 +57,6 @@ def convolution_passes(layer: keras.layers.Conv2D, batch: int, dtype: tf.DType) 
     }  # fmt: skip
 
 
-def flops(layer: keras.layers.Conv2D, batch: int) -> float:
-    """Multiply-adds x 2 of one pass (the three passes do the same arithmetic)."""
-    _, out_height, out_width, filters = layer.output.shape
-    kernel_height, kernel_width = layer.kernel_size
-    return 2.0 * batch * out_height * out_width * filters * kernel_height * kernel_width * (
-        layer.input.shape[-1]
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="koch2015")
@@ -87,11 +80,13 @@ def main() -> None:
           f"taking turns")
     total = {dtype.name: 0.0 for dtype in dtypes}
     for layer in convolutions:
+        # The three passes do the same arithmetic as the forward pass.
+        pass_flops = args.batch * layer_flops(layer)
         _, height, _, channels = layer.input.shape
         _, out_height, _, filters = layer.output.shape
         kernel = "x".join(map(str, layer.kernel_size))
         print(f"{layer.name}: {channels} -> {filters} channels, {kernel}, {height} -> {out_height} px, "
-              f"{flops(layer, args.batch) / 1e9:.1f} GFLOP per pass")
+              f"{pass_flops / 1e9:.1f} GFLOP per pass")
         for name in PASSES:
             if (layer.name, name, "float32") not in tasks:
                 continue
@@ -100,7 +95,7 @@ def main() -> None:
                 times = seconds[layer.name, name, dtype.name]
                 total[dtype.name] += statistics.median(times)
                 line += (f"  {dtype.name} {statistics.median(times) * 1e3:7.1f} ms "
-                         f"({flops(layer, args.batch) / statistics.median(times) / 1e9:5.0f} GFLOP/s)")
+                         f"({pass_flops / statistics.median(times) / 1e9:5.0f} GFLOP/s)")
             if len(dtypes) == 2:
                 ratios = [f / b for f, b in zip(seconds[layer.name, name, "float32"],
                                                 seconds[layer.name, name, "bfloat16"])]

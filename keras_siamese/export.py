@@ -108,16 +108,6 @@ def _in_compute_dtype(layer: keras.layers.Layer) -> keras.layers.Layer:
     return layer.__class__.from_config(config)
 
 
-def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Every layer of ``model``, nested models' layers included."""
-    layers = []
-    for layer in model.layers:
-        layers.append(layer)
-        if isinstance(layer, keras.Model):
-            layers += _all_layers(layer)
-    return layers
-
-
 def serving_copy(model: keras.Model) -> keras.Model:
     """``model`` for serving: a copy whose mixed-precision layers hold their weights in the
     dtype they compute in (bfloat16).
@@ -126,7 +116,9 @@ def serving_copy(model: keras.Model) -> keras.Model:
     the cast values instead, so it computes exactly what ``model`` computes, without
     the casts. A model without such layers (float32) is returned as it is.
     """
-    if not any(_casts_its_weights(layer) for layer in _all_layers(model)):
+    # The convolutions and the dense layer are the twins'; the head computes in float32.
+    twin_layers = [layer for member in siamese_members(model) for layer in twin_of(member).layers]
+    if not any(_casts_its_weights(layer) for layer in twin_layers):
         return model
     copy = keras.models.clone_model(model, clone_function=_in_compute_dtype, recursive=True)
     # The copy has the model's structure, so its variables come in the same order. (Not matched

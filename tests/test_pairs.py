@@ -154,6 +154,18 @@ def test_an_endless_stream_starts_at_its_first_step(small_train):
     np.testing.assert_array_equal(_epoch(ds)[0], from_zero[4])
 
 
+def test_streams_run_without_autotuning(small_train):
+    """Deleting an autotuned iterator waits for tf.data's tuning thread, which late in a run
+    wakes once a minute: model.fit returned up to a minute after its last epoch."""
+    streams = [
+        pair_dataset(small_train, image_size=SIZE, batch_size=8, steps=None, seed=0),
+        _character_batches(small_train, steps=None),
+    ]
+    for stream in streams:
+        assert stream.options().autotune.enabled is False
+        assert len(next(iter(stream))) == 2  # and it still makes batches
+
+
 def test_distortion_changes_the_images_but_not_the_pairs(small_train):
     kwargs = dict(image_size=SIZE, batch_size=8, steps=1, seed=9)
     (x_plain, y_plain), = list(pair_dataset(small_train, distortion=None, **kwargs))

@@ -276,8 +276,8 @@ def train(
         validation_data=val_ds,
         epochs=config.epochs,
         # One endless stream, one iterator: a new iterator each epoch stalled the
-        # start of some epochs by up to 40 s (deleting an autotuned iterator waits for
-        # tf.data's tuning thread; the streams now run untuned, pairs._seeded_batches).
+        # start of some epochs by up to 40 s (most likely the wait of pairs._seeded_batches:
+        # a deleted autotuned iterator waits for tf.data's tuning thread).
         steps_per_epoch=config.steps_per_epoch,
         callbacks=callbacks,
         shuffle=False,  # pairs are drawn at random already

@@ -92,10 +92,10 @@ def main() -> None:
                 continue
             line = f"  {name:16s}"
             for dtype in dtypes:
-                times = seconds[layer.name, name, dtype.name]
-                total[dtype.name] += statistics.median(times)
-                line += (f"  {dtype.name} {statistics.median(times) * 1e3:7.1f} ms "
-                         f"({pass_flops / statistics.median(times) / 1e9:5.0f} GFLOP/s)")
+                median = statistics.median(seconds[layer.name, name, dtype.name])
+                total[dtype.name] += median
+                line += (f"  {dtype.name} {median * 1e3:7.1f} ms "
+                         f"({pass_flops / median / 1e9:5.0f} GFLOP/s)")
             if len(dtypes) == 2:
                 ratios = [f / b for f, b in zip(seconds[layer.name, name, "float32"],
                                                 seconds[layer.name, name, "bfloat16"])]

@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     over.add_argument("--distortion-strength", type=float, default=None,
                       help="multiplies the distortions' ranges (rotation, shear, scale's distance "
                       "from 1, translation; 1: the paper's)")
+    over.add_argument("--quarter-turns", action=argparse.BooleanOptionalAction, default=None,
+                      help="turn each training character by a random number of quarter turns "
+                      "(four times the characters to tell apart)")
     return parser
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese.augmentation import Distortion, distort
+from keras_siamese.augmentation import Distortion, distort, quarter_turns
 from keras_siamese.data import OmniglotImages
 from keras_siamese.preprocessing import to_model_input
 
@@ -108,6 +108,15 @@ def sample_pair_indices(
     return left, right, label
 
 
+def _turns_seed(batch_seed: tf.Tensor) -> tf.Tensor:
+    """The seed of a batch's quarter turns, apart from the seeds its other draws split off.
+
+    Folded in rather than split, so that turning leaves every other draw of the batch,
+    and so a stream without turns, exactly as it is.
+    """
+    return tf.random.experimental.stateless_fold_in(batch_seed, 4)
+
+
 def _seeded_batches(
     make_batch, steps: int | None, seed: int, first_step: tf.Variable | int = 0
 ) -> tf.data.Dataset:
@@ -154,6 +163,7 @@ def pair_dataset(
     seed: int,
     distortion: Distortion | None = Distortion(),
     within_alphabet: float = 0.0,
+    turn: bool = False,
     first_step: tf.Variable | int = 0,
 ) -> tf.data.Dataset:
     """Balanced same/different pairs, ``steps`` batches per epoch.
@@ -161,6 +171,9 @@ def pair_dataset(
     Each epoch draws new pairs and new distortions (``rerandomize_each_iteration``),
     reproducibly from ``seed``; ``steps=None`` makes one endless stream for
     ``fit(steps_per_epoch=...)``, starting at its batch ``first_step``.
+    With ``turn``, each character of a pair is turned by a random number of
+    quarter turns (``augmentation.quarter_turns``), the two images of a same
+    pair by the same number.
     Elements are ``({"left": x1, "right": x2}, y)``
     with ``x`` float32 ``(batch_size, image_size, image_size, 1)`` and ``y``
     float32 ``(batch_size, 1)``.
@@ -174,6 +187,12 @@ def pair_dataset(
         )
         left, right, label = sample_pair_indices(index, batch_size, pair_seed, within_alphabet)
         x1, x2 = tf.gather(images, left), tf.gather(images, right)
+        if turn:
+            turns = tf.random.stateless_uniform(
+                (2, batch_size), _turns_seed(batch_seed), 0, 4, tf.int32
+            )
+            x1 = quarter_turns(x1, turns[0])
+            x2 = quarter_turns(x2, tf.where(label > 0, turns[0], turns[1]))
         if distortion is not None:
             # Each image of a pair gets its own transform (paper, sec. 3.4).
             x1 = distort(x1, left_seed, distortion)
@@ -203,6 +222,7 @@ def character_batch_dataset(
     steps: int | None,
     seed: int,
     distortion: Distortion | None = Distortion(),
+    turn: bool = False,
     first_step: tf.Variable | int = 0,
 ) -> tf.data.Dataset:
     """Batches of characters for all-pairs training, ``steps`` batches per epoch.
@@ -212,7 +232,9 @@ def character_batch_dataset(
     drawers`` images, whose ``B (B - 1) / 2`` pairs all serve as training pairs
     (see ``training.AllPairsCrossEntropy``). Different characters of one
     alphabet, the pairs a within-alphabet one-shot task has to tell apart, make
-    up most of the different pairs. Every image gets its own distortion.
+    up most of the different pairs. Every image gets its own distortion. With
+    ``turn``, each character is first turned by a random number of quarter
+    turns, all its drawings alike (``augmentation.quarter_turns``).
 
     Elements are ``(x, y)``: ``x`` float32 ``(B, image_size, image_size, 1)``
     and ``y`` int32 ``(B,)``, the character of each image (an index into the
@@ -252,6 +274,11 @@ def character_batch_dataset(
         classes = tf.reshape(tf.gather(first_class, chosen)[:, None] + chars, [-1])
         picks = _random_subsets(s[2], tf.gather(size, classes), drawers, max_drawers)
         x = tf.gather(images, tf.reshape(tf.gather(offset, classes)[:, None] + picks, [-1]))
+        if turn:
+            turns = tf.random.stateless_uniform(
+                (alphabets * characters,), _turns_seed(batch_seed), 0, 4, tf.int32
+            )
+            x = quarter_turns(x, tf.repeat(turns, drawers))
         if distortion is not None:
             x = distort(x, s[3], distortion)
         return x, tf.repeat(classes, drawers)

@@ -12,6 +12,7 @@ from keras_siamese.augmentation import (
     Distortion,
     affine_transforms,
     distort,
+    quarter_turns,
     random_affine_parameters,
 )
 
@@ -191,3 +192,11 @@ def test_forward_map_moves_ink_where_documented(values):
     expected = a @ (np.array([col, row]) - centre) + centre + t
     assert np.abs(expected - np.array([col, row])).max() > 1.0  # the test moves the blob
     np.testing.assert_allclose(found, expected, atol=0.25)
+
+
+def test_quarter_turns_turn_each_image_by_its_own_count():
+    images = tf.random.stateless_uniform((6, 5, 5, 1), (0, 1))
+    turns = tf.constant([0, 1, 2, 3, 4, -1])
+    turned = quarter_turns(images, turns).numpy()
+    for image, count, out in zip(images.numpy(), turns.numpy(), turned):
+        np.testing.assert_array_equal(out, np.rot90(image, count % 4))

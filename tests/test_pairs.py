@@ -236,3 +236,40 @@ def test_character_batches_reject_shapes_the_split_cannot_fill(small_train):
         _character_batches(small_train, alphabets=4)
     with pytest.raises(ValueError, match="alphabets of 200 characters"):
         _character_batches(small_train, characters=200)
+
+
+def _turns_between(plain, turned):
+    """Quarter turns ``k`` with ``rot90(plain, k) == turned``, for each image of a batch."""
+    return [
+        {k for k in range(4) if np.array_equal(np.rot90(p, k), t)} for p, t in zip(plain, turned)
+    ]
+
+
+def test_turned_character_batches_turn_every_drawing_of_a_character_alike(small_train):
+    plain = [(x.numpy(), y.numpy()) for x, y in _character_batches(small_train, steps=3)]
+    turned = [
+        (x.numpy(), y.numpy()) for x, y in _character_batches(small_train, steps=3, turn=True)
+    ]
+    counts = []
+    for (x, y), (x_turned, y_turned) in zip(plain, turned):
+        np.testing.assert_array_equal(y, y_turned)  # the same draws, only turned
+        turns = _turns_between(x, x_turned)
+        for c in np.unique(y):
+            common = set.intersection(*(turns[i] for i in np.flatnonzero(y == c)))
+            assert common, f"the drawings of character {c} are not turned alike"
+            counts.append(min(common))
+    assert set(counts) == {0, 1, 2, 3}  # 36 characters: every count turns up
+
+
+def test_turned_pairs_turn_both_images_of_a_same_pair_alike(small_train):
+    kwargs = dict(image_size=SIZE, batch_size=64, steps=1, seed=5, distortion=None)
+    ((plain, label),) = list(pair_dataset(small_train, **kwargs))
+    ((turned, label_turned),) = list(pair_dataset(small_train, turn=True, **kwargs))
+    np.testing.assert_array_equal(label, label_turned)
+    left = _turns_between(plain["left"].numpy(), turned["left"].numpy())
+    right = _turns_between(plain["right"].numpy(), turned["right"].numpy())
+    assert all(left) and all(right)
+    same = label.numpy()[:, 0] > 0
+    assert all(left[i] & right[i] for i in np.flatnonzero(same))
+    # Different pairs turn their two images independently: some by different counts.
+    assert any(not left[i] & right[i] for i in np.flatnonzero(~same))

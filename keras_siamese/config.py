@@ -100,6 +100,8 @@ class TrainConfig:
         quarter_turns: turn each training character by a random number of
             quarter turns, the drawings of one character alike (four times the
             characters to tell apart; ``augmentation.quarter_turns``).
+        mirror: mirror each training character with probability 0.5, the
+            drawings of one character alike (``augmentation.mirror``).
         val_tasks: one-shot validation tasks each epoch (the paper: 320).
         way: candidates per one-shot task.
         val_pair_steps: batches of fixed validation pairs for ``val_loss``.
@@ -134,6 +136,7 @@ class TrainConfig:
     distort: bool = True
     distortion_strength: float = 1.0
     quarter_turns: bool = False
+    mirror: bool = False
     val_tasks: int = 320
     way: int = 20
     val_pair_steps: int = 4

@@ -17,7 +17,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese.augmentation import TTA_VIEWS, Distortion, transform, tta_transforms
+from keras_siamese.augmentation import (
+    TTA_SYMMETRIES,
+    TTA_VIEWS,
+    Distortion,
+    transform,
+    tta_transforms,
+)
 from keras_siamese.data import LakeRuns, OmniglotImages
 from keras_siamese.model import head_of, load_models, siamese_members, twin_of
 from keras_siamese.pairs import pair_dataset
@@ -191,7 +197,8 @@ class SiameseScorer:
     they are and views ``1..views-1`` fixed draws of the training distortion
     (``augmentation.view_transforms``), one set for queries and another for
     candidates, so the two images of a pair are distorted independently as in
-    training. The SavedModel's ``one_shot_tta`` signature applies the same
+    training. Before its distortion, view ``v`` turns or mirrors every image of
+    the task alike, by symmetry ``v % symmetries`` (1: none). The SavedModel's ``one_shot_tta`` signature applies the same
     transforms and gives the same scores.
     The weighted-L1 head is symmetric, so scoring ``(a, b)`` and ``(b, a)``
     gives the same probability and "symmetric scoring" needs no extra work.
@@ -208,13 +215,14 @@ class SiameseScorer:
         views: int = 1,
         distortion: Distortion = Distortion(),
         seed: int = 0,
+        symmetries: int = TTA_SYMMETRIES,
     ):
         self.members = [(twin_of(m), head_of(m)) for m in siamese_members(model)]
         self.image_size = model.input["left"].shape[1]
         self.batch_size = batch_size
         self.views = views
         self.query_transforms, self.support_transforms = tta_transforms(
-            views, self.image_size, seed, distortion
+            views, self.image_size, seed, distortion, symmetries
         )
 
     def embed(self, images: np.ndarray, transform_row: tf.Tensor | None = None) -> np.ndarray:
@@ -287,16 +295,23 @@ def saved_model_lake_scores(saved_model: str | Path, runs: LakeRuns, augmented: 
 def verification_accuracy(
     model: keras.Model, split: OmniglotImages, num_pairs: int = 2048, seed: int = 0
 ) -> float:
-    """Accuracy of ``p > 0.5`` on balanced, undistorted pairs of ``split``."""
+    """Accuracy of ``p > 0.5`` on balanced, undistorted pairs of ``split``.
+
+    The pairs come from ``seed`` alone, whatever TensorFlow's global seed: ``fit``
+    sets that to the run's seed, and a network scored again later by another
+    command must meet the same pairs.
+    """
     batch = 256
+    # One stateless stream (steps=None) taken batch by batch: Dataset.random, behind
+    # pair_dataset's epochs of `steps` batches, mixes in the global seed.
     ds = pair_dataset(
         split,
         image_size=model.input["left"].shape[1],
         batch_size=batch,
-        steps=max(1, num_pairs // batch),
+        steps=None,
         seed=seed,
         distortion=None,
-    )
+    ).take(max(1, num_pairs // batch))
     correct = total = 0
     for x, y in ds:
         p = model(x, training=False)
@@ -315,6 +330,7 @@ def evaluate(
     seed: int = 0,
     mnist: tuple[np.ndarray, np.ndarray] | None = None,
     views: int = TTA_VIEWS,
+    symmetries: int = TTA_SYMMETRIES,
 ) -> dict[str, float]:
     """The project's standard report for a trained model.
 
@@ -331,7 +347,8 @@ def evaluate(
         10-way one-shot tasks on MNIST digits, no retraining (paper: 70.3%);
         with ``views > 1``, ``lake_runs_accuracy_tta`` and
         ``koch_test_accuracy_tta``: the same tasks with test-time augmentation
-        over ``views`` views (see :class:`SiameseScorer`).
+        over ``views`` views cycling through ``symmetries`` symmetries (see
+        :class:`SiameseScorer`), recorded as ``tta_views`` and ``tta_symmetries``.
     """
     scorer = SiameseScorer(model)
     lake = lake_tasks(runs)
@@ -343,7 +360,8 @@ def evaluate(
         "verification_accuracy": verification_accuracy(model, test_split, seed=seed),
     }
     if views > 1:
-        augmented = SiameseScorer(model, views=views)
+        augmented = SiameseScorer(model, views=views, symmetries=symmetries)
+        metrics.update(tta_views=views, tta_symmetries=symmetries)
         metrics["lake_runs_accuracy_tta"] = accuracy(augmented(lake), lake)
         metrics["koch_test_accuracy_tta"] = accuracy(augmented(koch), koch)
     if mnist is not None:
@@ -353,7 +371,7 @@ def evaluate(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> dict[int, float]:
+def main(argv: list[str] | None = None) -> dict[tuple[int, int], float]:
     """``python -m keras_siamese.evaluation MODEL``: test-time augmentation on validation tasks.
 
     Scores within-alphabet one-shot tasks of the validation split (never the test alphabets)
@@ -372,6 +390,10 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
         "their ensemble"
     )
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--symmetries", type=int, nargs="+", default=[1, TTA_SYMMETRIES],
+                        choices=(1, 4, 8),
+                        help="views turned (4) or turned and mirrored (8), query and support "
+                        "alike, for networks trained so")
     parser.add_argument("--tasks", type=int, default=640)
     parser.add_argument("--seed", type=int, default=5, help="task sampling (training uses 2)")
     parser.add_argument("--data-dir", default=None)
@@ -384,9 +406,14 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
     split = data.paper_split(data.load_omniglot(args.data_dir, args.tfds_dir))["validation"]
     tasks = within_alphabet_tasks(split, args.tasks, seed=args.seed)
     results = {}
-    for views in args.views:
-        results[views] = accuracy(SiameseScorer(model, views=views)(tasks), tasks)
-        print(f"{views:3d} views: {results[views]:.1%} on {len(tasks)} validation tasks", flush=True)
+    for symmetries in args.symmetries:
+        for views in args.views:
+            scorer = SiameseScorer(model, views=views, symmetries=symmetries)
+            results[symmetries, views] = accuracy(scorer(tasks), tasks)
+            print(
+                f"{views:3d} views, {symmetries} symmetries: {results[symmetries, views]:.1%} "
+                f"on {len(tasks)} validation tasks", flush=True,
+            )
     return results
 
 

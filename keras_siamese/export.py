@@ -37,8 +37,9 @@ takes them as ``{"b64": "..."}``). ``one_shot`` scores a whole N-way task in one
 call: each image is embedded once and the weighted-L1 head compares every
 query with every support image, ``Q + K`` twin passes instead of ``2 Q K``.
 The ``one_shot_tta`` signatures add test-time augmentation: the scores are
-averaged over ``views`` fixed distortions of the images (the export's
-``views``, 16 by default), exactly as ``evaluation.SiameseScorer(views=...)``
+averaged over ``views`` fixed views of the images (the export's ``views``, 16
+by default), each a symmetry of the whole task (turned, mirrored) and a
+distortion of each image, exactly as ``evaluation.SiameseScorer(views=...)``
 computes them offline, for ``views`` times the twin passes.
 
 ``model.export`` and ``keras.export.ExportArchive`` currently write every
@@ -67,7 +68,7 @@ import keras
 import tensorflow as tf
 
 import keras_siamese  # noqa: F401  (registers the custom layer and optimiser for load_model)
-from keras_siamese.augmentation import TTA_VIEWS, transform, tta_transforms
+from keras_siamese.augmentation import TTA_SYMMETRIES, TTA_VIEWS, transform, tta_transforms
 from keras_siamese.model import head_of, load_models, siamese_members, twin_of
 from keras_siamese.preprocessing import decode_images, to_model_input
 
@@ -130,11 +131,13 @@ def serving_copy(model: keras.Model) -> keras.Model:
     return copy
 
 
-def _build_module(model: keras.Model, views: int = TTA_VIEWS, seed: int = 0) -> tuple[tf.Module, dict]:
+def _build_module(
+    model: keras.Model, views: int = TTA_VIEWS, symmetries: int = TTA_SYMMETRIES, seed: int = 0
+) -> tuple[tf.Module, dict]:
     """A ``tf.Module`` with the serving endpoints of ``model`` (a Siamese model or an ensemble)."""
     model = serving_copy(model)
     size = model.input["left"].shape[1]
-    query_rows, support_rows = tta_transforms(views, size, seed)
+    query_rows, support_rows = tta_transforms(views, size, seed, symmetries=symmetries)
     members = [(twin_of(m), head_of(m)) for m in siamese_members(model)]
     module = tf.Module()
     # Track the backend variables directly (not the Keras model) so each is
@@ -260,6 +263,7 @@ def export_saved_model(
     name: str = "siamese",
     version: int | None = None,
     views: int = TTA_VIEWS,
+    symmetries: int = TTA_SYMMETRIES,
 ) -> Path:
     """Writes ``model`` as ``<export_dir>/<name>/<version>/`` atomically.
 
@@ -269,6 +273,8 @@ def export_saved_model(
         name: model name, the folder under ``export_dir``.
         version: version number; default one more than the highest present.
         views: views averaged by the ``one_shot_tta`` signatures.
+        symmetries: the symmetries those views cycle through (1, 4 or 8;
+            ``augmentation.view_transforms``).
 
     Returns:
         The folder of the new version.
@@ -280,7 +286,7 @@ def export_saved_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     if version is not None and (model_dir / str(version)).exists():
         raise FileExistsError(f"{model_dir / str(version)} already exists")
-    module, signatures = _build_module(model, views)
+    module, signatures = _build_module(model, views, symmetries)
     staging = model_dir / f".tmp-{uuid.uuid4().hex}"
     try:
         tf.saved_model.save(module, str(staging), signatures=signatures)

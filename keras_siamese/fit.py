@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     over.add_argument("--quarter-turns", action=argparse.BooleanOptionalAction, default=None,
                       help="turn each training character by a random number of quarter turns "
                       "(four times the characters to tell apart)")
+    over.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                      help="mirror each training character with probability 0.5 (twice the "
+                      "characters to tell apart)")
     return parser
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese.augmentation import Distortion, distort, quarter_turns
+from keras_siamese.augmentation import Distortion, distort, mirror, quarter_turns
 from keras_siamese.data import OmniglotImages
 from keras_siamese.preprocessing import to_model_input
 
@@ -108,13 +108,18 @@ def sample_pair_indices(
     return left, right, label
 
 
-def _turns_seed(batch_seed: tf.Tensor) -> tf.Tensor:
-    """The seed of a batch's quarter turns, apart from the seeds its other draws split off.
+# The draws of a batch's quarter turns and mirrors, folded into its seed.
+_TURNS, _MIRRORS = 4, 5
 
-    Folded in rather than split, so that turning leaves every other draw of the batch,
-    and so a stream without turns, exactly as it is.
+
+def _character_draws(batch_seed: tf.Tensor, draw: int, shape, values: int) -> tf.Tensor:
+    """Ints below ``values`` of ``shape``, apart from the seeds a batch's other draws split off.
+
+    Their seed is folded in rather than split, so that turning or mirroring leaves every
+    other draw of the batch, and so a stream without them, exactly as it is.
     """
-    return tf.random.experimental.stateless_fold_in(batch_seed, 4)
+    seed = tf.random.experimental.stateless_fold_in(batch_seed, draw)
+    return tf.random.stateless_uniform(shape, seed, 0, values, tf.int32)
 
 
 def _seeded_batches(
@@ -164,6 +169,7 @@ def pair_dataset(
     distortion: Distortion | None = Distortion(),
     within_alphabet: float = 0.0,
     turn: bool = False,
+    mirror_characters: bool = False,
     first_step: tf.Variable | int = 0,
 ) -> tf.data.Dataset:
     """Balanced same/different pairs, ``steps`` batches per epoch.
@@ -173,7 +179,8 @@ def pair_dataset(
     ``fit(steps_per_epoch=...)``, starting at its batch ``first_step``.
     With ``turn``, each character of a pair is turned by a random number of
     quarter turns (``augmentation.quarter_turns``), the two images of a same
-    pair by the same number.
+    pair by the same number; with ``mirror_characters``, mirrored with
+    probability 0.5 (``augmentation.mirror``), the two of a same pair alike.
     Elements are ``({"left": x1, "right": x2}, y)``
     with ``x`` float32 ``(batch_size, image_size, image_size, 1)`` and ``y``
     float32 ``(batch_size, 1)``.
@@ -187,10 +194,12 @@ def pair_dataset(
         )
         left, right, label = sample_pair_indices(index, batch_size, pair_seed, within_alphabet)
         x1, x2 = tf.gather(images, left), tf.gather(images, right)
+        if mirror_characters:
+            flips = _character_draws(batch_seed, _MIRRORS, (2, batch_size), 2) > 0
+            x1 = mirror(x1, flips[0])
+            x2 = mirror(x2, tf.where(label > 0, flips[0], flips[1]))
         if turn:
-            turns = tf.random.stateless_uniform(
-                (2, batch_size), _turns_seed(batch_seed), 0, 4, tf.int32
-            )
+            turns = _character_draws(batch_seed, _TURNS, (2, batch_size), 4)
             x1 = quarter_turns(x1, turns[0])
             x2 = quarter_turns(x2, tf.where(label > 0, turns[0], turns[1]))
         if distortion is not None:
@@ -223,6 +232,7 @@ def character_batch_dataset(
     seed: int,
     distortion: Distortion | None = Distortion(),
     turn: bool = False,
+    mirror_characters: bool = False,
     first_step: tf.Variable | int = 0,
 ) -> tf.data.Dataset:
     """Batches of characters for all-pairs training, ``steps`` batches per epoch.
@@ -234,7 +244,9 @@ def character_batch_dataset(
     alphabet, the pairs a within-alphabet one-shot task has to tell apart, make
     up most of the different pairs. Every image gets its own distortion. With
     ``turn``, each character is first turned by a random number of quarter
-    turns, all its drawings alike (``augmentation.quarter_turns``).
+    turns, all its drawings alike (``augmentation.quarter_turns``); with
+    ``mirror_characters``, mirrored with probability 0.5, all its drawings
+    alike (``augmentation.mirror``).
 
     Elements are ``(x, y)``: ``x`` float32 ``(B, image_size, image_size, 1)``
     and ``y`` int32 ``(B,)``, the character of each image (an index into the
@@ -274,10 +286,11 @@ def character_batch_dataset(
         classes = tf.reshape(tf.gather(first_class, chosen)[:, None] + chars, [-1])
         picks = _random_subsets(s[2], tf.gather(size, classes), drawers, max_drawers)
         x = tf.gather(images, tf.reshape(tf.gather(offset, classes)[:, None] + picks, [-1]))
+        if mirror_characters:
+            flips = _character_draws(batch_seed, _MIRRORS, (alphabets * characters,), 2) > 0
+            x = mirror(x, tf.repeat(flips, drawers))
         if turn:
-            turns = tf.random.stateless_uniform(
-                (alphabets * characters,), _turns_seed(batch_seed), 0, 4, tf.int32
-            )
+            turns = _character_draws(batch_seed, _TURNS, (alphabets * characters,), 4)
             x = quarter_turns(x, tf.repeat(turns, drawers))
         if distortion is not None:
             x = distort(x, s[3], distortion)

@@ -365,7 +365,8 @@ def datasets(
         )
         train = character_batch_dataset(
             splits["train"], image_size=size, steps=None, seed=config.seed,
-            distortion=distortion, turn=config.quarter_turns, first_step=first_step, **shape,
+            distortion=distortion, turn=config.quarter_turns, mirror_characters=config.mirror,
+            first_step=first_step, **shape,
         )
         val = character_batch_dataset(
             splits["validation"], image_size=size, steps=config.val_pair_steps,
@@ -376,6 +377,7 @@ def datasets(
         splits["train"], image_size=size, batch_size=config.batch_size,
         steps=None, seed=config.seed, distortion=distortion,
         within_alphabet=config.within_alphabet, turn=config.quarter_turns,
+        mirror_characters=config.mirror,
         first_step=first_step,
     )
     # Fixed validation pairs: drawn once and cached, so val_loss is comparable.

@@ -12,8 +12,12 @@ from keras_siamese.augmentation import (
     Distortion,
     affine_transforms,
     distort,
+    mirror,
     quarter_turns,
     random_affine_parameters,
+    symmetry_transforms,
+    transform,
+    view_transforms,
 )
 
 SIZE = 28
@@ -200,3 +204,34 @@ def test_quarter_turns_turn_each_image_by_its_own_count():
     turned = quarter_turns(images, turns).numpy()
     for image, count, out in zip(images.numpy(), turns.numpy(), turned):
         np.testing.assert_array_equal(out, np.rot90(image, count % 4))
+
+
+def test_mirror_flips_left_to_right_only_the_images_marked():
+    images = tf.random.stateless_uniform((4, 5, 7, 1), (0, 2))
+    flips = tf.constant([True, False, False, True])
+    mirrored = mirror(images, flips).numpy()
+    for image, flip, out in zip(images.numpy(), flips.numpy(), mirrored):
+        np.testing.assert_array_equal(out, np.fliplr(image) if flip else image)
+
+
+@pytest.mark.parametrize("k", range(8))
+def test_symmetry_rows_mirror_then_turn_exactly(k):
+    images = tf.random.stateless_uniform((3, 9, 9, 1), (0, 3))
+    row = symmetry_transforms(tf.constant([k]), 9)[0]
+    expected = quarter_turns(mirror(images, tf.fill((3,), k >= 4)), tf.fill((3,), k % 4))
+    np.testing.assert_array_equal(transform(images, row).numpy(), expected.numpy())
+
+
+@pytest.mark.parametrize("symmetries", [4, 8])
+def test_symmetric_views_apply_their_symmetry_then_their_distortion(symmetries):
+    images = tf.constant(_strokes())
+    plain = view_transforms(10, SIZE, (3, 4))
+    symmetric = view_transforms(10, SIZE, (3, 4), symmetries=symmetries)
+    np.testing.assert_array_equal(symmetric[0], plain[0])  # view 0: the images as they are
+    for v in range(1, 10):
+        turned = transform(images, symmetry_transforms(tf.constant([v % symmetries]), SIZE)[0])
+        np.testing.assert_allclose(
+            transform(images, symmetric[v]).numpy(), transform(turned, plain[v]).numpy(), atol=1e-4
+        )
+    with pytest.raises(ValueError, match="symmetries must be 1, 4 or 8"):
+        view_transforms(2, SIZE, symmetries=2)

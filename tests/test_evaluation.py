@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 
 from keras_siamese import evaluation
-from keras_siamese.augmentation import Distortion
+from keras_siamese.augmentation import TTA_SYMMETRIES, Distortion
 from keras_siamese.model import build_ensemble, build_siamese, head_of
 from keras_siamese.preprocessing import to_model_input
 
@@ -120,6 +121,16 @@ def test_verification_accuracy(small_model, test_split):
     assert value * 512 == pytest.approx(round(value * 512))
 
 
+def test_verification_pairs_do_not_depend_on_the_global_seed(small_model, test_split):
+    """``fit`` sets the global seed to the run's and ``ensemble`` does not: the same network
+    must score the same either way."""
+    values = []
+    for global_seed in (1, 2):
+        keras.utils.set_random_seed(global_seed)
+        values.append(evaluation.verification_accuracy(small_model, test_split, num_pairs=512))
+    assert values[0] == values[1]
+
+
 def test_verification_accuracy_of_a_constant_model_is_one_half(small_config, test_split):
     """Pairs are balanced: a model that always says "same" is right half of the time."""
     model = build_siamese(small_config(paper_init=False))
@@ -189,9 +200,26 @@ def test_test_time_augmentation_with_identity_distortions_changes_nothing(small_
     plain = evaluation.SiameseScorer(small_model)(lake)
     one_view = evaluation.SiameseScorer(small_model, views=1)(lake)
     identity = Distortion(probability=0.0)  # every view is the image itself
-    augmented = evaluation.SiameseScorer(small_model, views=3, distortion=identity)(lake)
+    augmented = evaluation.SiameseScorer(
+        small_model, views=3, distortion=identity, symmetries=1
+    )(lake)
     np.testing.assert_array_equal(one_view, plain)
     np.testing.assert_allclose(augmented, plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("turns, mirrored", [(1, False), (2, False), (0, True), (3, True)])
+def test_symmetric_views_score_a_turned_or_mirrored_task_as_the_task(
+    small_model, koch_tasks, turns, mirrored
+):
+    """Views through all 8 symmetries, undistorted, see a task turned or mirrored as a whole
+    as the same 8 views in another order: the same scores. One view does not."""
+    images = np.rot90(koch_tasks.images[:, :, ::-1] if mirrored else koch_tasks.images, turns, (1, 2))
+    changed = dataclasses.replace(koch_tasks, images=np.ascontiguousarray(images))
+    identity = Distortion(probability=0.0)
+    scorer = evaluation.SiameseScorer(small_model, views=8, distortion=identity, symmetries=8)
+    np.testing.assert_allclose(scorer(changed), scorer(koch_tasks), atol=1e-5)
+    plain = evaluation.SiameseScorer(small_model)
+    assert not np.allclose(plain(changed), plain(koch_tasks), atol=1e-3)
 
 
 def test_test_time_augmentation_averages_distorted_views(small_model, koch_tasks):
@@ -222,6 +250,7 @@ def test_evaluate_reports_test_time_augmentation(small_model, test_split, lake_r
     metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20, views=2)
     assert 0.0 <= metrics["lake_runs_accuracy_tta"] <= 1.0
     assert 0.0 <= metrics["koch_test_accuracy_tta"] <= 1.0
+    assert metrics["tta_views"] == 2 and metrics["tta_symmetries"] == TTA_SYMMETRIES
 
 
 @pytest.mark.parametrize("views", [1, 3])
@@ -240,8 +269,11 @@ def test_an_ensemble_scores_the_mean_of_its_members(small_config, koch_tasks, vi
 def test_evaluation_command_scores_validation_tasks_with_views(trained_run, omniglot_dir, tfds_dir, capsys):
     _, run_dir, _, _ = trained_run
     results = evaluation.main(
-        [str(run_dir), "--views", "1", "2", "--tasks", "20",
+        [str(run_dir), "--views", "1", "2", "--symmetries", "1", "4", "--tasks", "20",
          "--data-dir", str(omniglot_dir), "--tfds-dir", str(tfds_dir)]
     )
-    assert sorted(results) == [1, 2] and all(0.0 <= v <= 1.0 for v in results.values())
-    assert "2 views:" in capsys.readouterr().out
+    assert sorted(results) == [(1, 1), (1, 2), (4, 1), (4, 2)]
+    assert all(0.0 <= v <= 1.0 for v in results.values())
+    # One view is the images as they are, whatever the symmetries.
+    assert results[1, 1] == results[4, 1]
+    assert "2 views, 4 symmetries:" in capsys.readouterr().out

@@ -48,6 +48,8 @@ OPTIONS = [
     "--distortion-strength",
     "--quarter-turns",
     "--no-quarter-turns",
+    "--mirror",
+    "--no-mirror",
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -82,15 +84,15 @@ def test_overrides_land_in_the_config(tmp_path):
     args = fit._parser().parse_args([
         "--preset", "cpu-long", "--seed", "3", "--epochs", "7", "--lr-decay", "0.5",
         "--learning-rate", "0.002", "--image-size", "40", "--no-distort", "--mixed-precision",
-        "--distortion-strength", "1.5", "--quarter-turns",
+        "--distortion-strength", "1.5", "--quarter-turns", "--mirror",
         "--filters", "8", "16", "16", "32", "--dense-units", "64", "--runs-dir", str(tmp_path),
     ])  # fmt: skip
     config, run_dir = fit.resolve_config(args)
     # The overrides win over the preset's bfloat16 recipe (75 epochs, x0.97) too.
     assert config == preset("cpu-long").replace(
         seed=3, epochs=7, lr_decay=0.5, learning_rate=0.002, image_size=40, distort=False,
-        distortion_strength=1.5, quarter_turns=True, filters=(8, 16, 16, 32), dense_units=64,
-        mixed_precision=True,
+        distortion_strength=1.5, quarter_turns=True, mirror=True, filters=(8, 16, 16, 32),
+        dense_units=64, mixed_precision=True,
     )
     assert run_dir.parent == tmp_path and run_dir.name.endswith("-cpu-long-seed3")
 

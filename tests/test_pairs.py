@@ -238,38 +238,66 @@ def test_character_batches_reject_shapes_the_split_cannot_fill(small_train):
         _character_batches(small_train, characters=200)
 
 
-def _turns_between(plain, turned):
-    """Quarter turns ``k`` with ``rot90(plain, k) == turned``, for each image of a batch."""
+def _symmetries_between(plain, changed):
+    """``(mirrored, k)`` with ``rot90(fliplr(plain) if mirrored else plain, k) == changed``,
+    for each image of a batch (mirrored first, then turned, as the pipeline does)."""
     return [
-        {k for k in range(4) if np.array_equal(np.rot90(p, k), t)} for p, t in zip(plain, turned)
+        {
+            (flip, k)
+            for flip in (False, True)
+            for k in range(4)
+            if np.array_equal(np.rot90(np.fliplr(p) if flip else p, k), c)
+        }
+        for p, c in zip(plain, changed)
     ]
 
 
-def test_turned_character_batches_turn_every_drawing_of_a_character_alike(small_train):
+# The symmetries each option draws from: 4 quarter turns, 2 mirror images, or all 8.
+CHARACTER_SYMMETRIES = {
+    (True, False): {(False, k) for k in range(4)},
+    (False, True): {(False, 0), (True, 0)},
+    (True, True): {(flip, k) for flip in (False, True) for k in range(4)},
+}
+
+
+@pytest.mark.parametrize("turn, mirror_characters", list(CHARACTER_SYMMETRIES))
+def test_character_batches_turn_and_mirror_every_drawing_of_a_character_alike(
+    small_train, turn, mirror_characters
+):
     plain = [(x.numpy(), y.numpy()) for x, y in _character_batches(small_train, steps=3)]
-    turned = [
-        (x.numpy(), y.numpy()) for x, y in _character_batches(small_train, steps=3, turn=True)
+    changed = [
+        (x.numpy(), y.numpy())
+        for x, y in _character_batches(
+            small_train, steps=3, turn=turn, mirror_characters=mirror_characters
+        )
     ]
-    counts = []
-    for (x, y), (x_turned, y_turned) in zip(plain, turned):
-        np.testing.assert_array_equal(y, y_turned)  # the same draws, only turned
-        turns = _turns_between(x, x_turned)
+    drawn = []
+    for (x, y), (x_changed, y_changed) in zip(plain, changed):
+        np.testing.assert_array_equal(y, y_changed)  # the same draws, only turned or mirrored
+        symmetries = _symmetries_between(x, x_changed)
         for c in np.unique(y):
-            common = set.intersection(*(turns[i] for i in np.flatnonzero(y == c)))
-            assert common, f"the drawings of character {c} are not turned alike"
-            counts.append(min(common))
-    assert set(counts) == {0, 1, 2, 3}  # 36 characters: every count turns up
+            common = set.intersection(*(symmetries[i] for i in np.flatnonzero(y == c)))
+            assert common, f"the drawings of character {c} are not changed alike"
+            drawn.append(min(common))
+    # 108 characters: every symmetry of the option turns up, and no other.
+    assert set(drawn) == CHARACTER_SYMMETRIES[turn, mirror_characters]
 
 
-def test_turned_pairs_turn_both_images_of_a_same_pair_alike(small_train):
+@pytest.mark.parametrize("turn, mirror_characters", list(CHARACTER_SYMMETRIES))
+def test_pairs_turn_and_mirror_both_images_of_a_same_pair_alike(
+    small_train, turn, mirror_characters
+):
     kwargs = dict(image_size=SIZE, batch_size=64, steps=1, seed=5, distortion=None)
     ((plain, label),) = list(pair_dataset(small_train, **kwargs))
-    ((turned, label_turned),) = list(pair_dataset(small_train, turn=True, **kwargs))
-    np.testing.assert_array_equal(label, label_turned)
-    left = _turns_between(plain["left"].numpy(), turned["left"].numpy())
-    right = _turns_between(plain["right"].numpy(), turned["right"].numpy())
+    ((changed, label_changed),) = list(
+        pair_dataset(small_train, turn=turn, mirror_characters=mirror_characters, **kwargs)
+    )
+    np.testing.assert_array_equal(label, label_changed)
+    left = _symmetries_between(plain["left"].numpy(), changed["left"].numpy())
+    right = _symmetries_between(plain["right"].numpy(), changed["right"].numpy())
     assert all(left) and all(right)
+    assert set.union(*left) <= CHARACTER_SYMMETRIES[turn, mirror_characters]
     same = label.numpy()[:, 0] > 0
     assert all(left[i] & right[i] for i in np.flatnonzero(same))
-    # Different pairs turn their two images independently: some by different counts.
+    # Different pairs change their two images independently: some differently.
     assert any(not left[i] & right[i] for i in np.flatnonzero(~same))

@@ -198,8 +198,9 @@ class SiameseScorer:
     (``augmentation.view_transforms``), one set for queries and another for
     candidates, so the two images of a pair are distorted independently as in
     training. Before its distortion, view ``v`` turns or mirrors every image of
-    the task alike, by symmetry ``v % symmetries`` (1: none). The SavedModel's ``one_shot_tta`` signature applies the same
-    transforms and gives the same scores.
+    the task alike, by symmetry ``v % symmetries`` (1: none; see
+    ``augmentation.view_transforms``). The SavedModel's ``one_shot_tta``
+    signature applies the same transforms and gives the same scores.
     The weighted-L1 head is symmetric, so scoring ``(a, b)`` and ``(b, a)``
     gives the same probability and "symmetric scoring" needs no extra work.
 
@@ -375,8 +376,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[int, int], float]:
     """``python -m keras_siamese.evaluation MODEL``: test-time augmentation on validation tasks.
 
     Scores within-alphabet one-shot tasks of the validation split (never the test alphabets)
-    with 1, 4, 8, ... views and prints the accuracy of each: the figures behind the choice of
-    ``evaluate``'s default number of views.
+    with 1, 4, 8, ... views, cycling through 1 or 8 symmetries, and prints the accuracy of
+    each: the figures behind the choice of ``evaluate``'s default views and symmetries.
     """
     import argparse
 
@@ -392,8 +393,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[int, int], float]:
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--symmetries", type=int, nargs="+", default=[1, TTA_SYMMETRIES],
                         choices=(1, 4, 8),
-                        help="views turned (4) or turned and mirrored (8), query and support "
-                        "alike, for networks trained so")
+                        help="the symmetries the views cycle through, query and support alike: "
+                        "1 none, 4 the quarter turns, 8 also mirrored (the default TTA)")
     parser.add_argument("--tasks", type=int, default=640)
     parser.add_argument("--seed", type=int, default=5, help="task sampling (training uses 2)")
     parser.add_argument("--data-dir", default=None)

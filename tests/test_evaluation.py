@@ -213,7 +213,8 @@ def test_symmetric_views_score_a_turned_or_mirrored_task_as_the_task(
 ):
     """Views through all 8 symmetries, undistorted, see a task turned or mirrored as a whole
     as the same 8 views in another order: the same scores. One view does not."""
-    images = np.rot90(koch_tasks.images[:, :, ::-1] if mirrored else koch_tasks.images, turns, (1, 2))
+    images = koch_tasks.images[:, :, ::-1] if mirrored else koch_tasks.images  # (N, H, W, 1)
+    images = np.rot90(images, turns, axes=(1, 2))
     changed = dataclasses.replace(koch_tasks, images=np.ascontiguousarray(images))
     identity = Distortion(probability=0.0)
     scorer = evaluation.SiameseScorer(small_model, views=8, distortion=identity, symmetries=8)

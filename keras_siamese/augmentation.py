@@ -146,42 +146,34 @@ def distort(images: tf.Tensor, seed: tf.Tensor, distortion: Distortion) -> tf.Te
     )
 
 
-def quarter_turns(images: tf.Tensor, turns: tf.Tensor) -> tf.Tensor:
-    """Rotates image ``i`` of a square batch by ``turns[i]`` quarter turns anticlockwise.
+def turn_or_mirror(images: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
+    """Applies symmetry ``k[i]`` of the square (``symmetry_transforms``) to image ``i``.
 
-    A character turned by a quarter, a half or three quarters is a new character
-    to the network: training on them multiplies the characters it learns to tell
-    apart by four (Santoro et al. 2016; Vinyals et al. 2016), where the paper's
-    small distortions only vary each one.
+    A character turned by a quarter, a half or three quarters, or mirrored, is a
+    new character to the network: training on them multiplies the characters it
+    learns to tell apart by up to eight (quarter turns: Santoro et al. 2016;
+    Vinyals et al. 2016), where the paper's small distortions only vary each one.
+    The resampling is exact, so the pixels are only moved, never blended.
 
     Args:
         images: float ``(N, S, S, C)``.
-        turns: int ``(N,)``, taken modulo 4.
+        k: int ``(N,)``: ``k % 4`` quarter turns anticlockwise, mirrored left to
+            right first where ``k % 8 >= 4``.
     """
-    turned = tf.stack([tf.image.rot90(images, k) for k in range(4)], axis=1)  # (N, 4, S, S, C)
-    return tf.gather(turned, turns % 4, axis=1, batch_dims=1)
-
-
-def mirror(images: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
-    """Mirrors image ``i`` of a batch left to right where ``flips[i]`` is true.
-
-    Like a quarter turn, a mirrored character is a new character to the network
-    (most of Omniglot's are not mirror-symmetric).
-
-    Args:
-        images: float ``(N, H, W, C)``.
-        flips: bool ``(N,)``.
-    """
-    return tf.where(flips[:, None, None, None], tf.image.flip_left_right(images), images)
+    rows = symmetry_transforms(k, images.shape[1])
+    return keras.ops.image.affine_transform(
+        images, rows, interpolation="bilinear", fill_mode="constant", fill_value=0.0
+    )
 
 
 def symmetry_transforms(symmetries: tf.Tensor, image_size: int) -> tf.Tensor:
     """``affine_transform`` rows ``(N, 8)`` of exact symmetries of a square image.
 
     Symmetry ``k`` (taken modulo 8) mirrors the image left to right when ``k >= 4``,
-    then turns it by ``k % 4`` quarter turns anticlockwise: what ``mirror`` and
-    ``quarter_turns`` do to training characters, as resampling rows that map pixel
-    centres onto pixel centres, so the result is the same to the last bit.
+    then turns it by ``k % 4`` quarter turns anticlockwise, as resampling rows that
+    map pixel centres onto pixel centres, so the result is the same to the last bit.
+    Training turns characters with them (``turn_or_mirror``), test-time augmentation
+    folds them into its views (``view_transforms``).
     """
     edge = float(image_size - 1)
     # Output pixel (x, y) -> input pixel: a quarter turn takes it from (edge - y, x),

@@ -99,9 +99,9 @@ class TrainConfig:
             augmentation keeps the paper's ranges.
         quarter_turns: turn each training character by a random number of
             quarter turns, the drawings of one character alike (four times the
-            characters to tell apart; ``augmentation.quarter_turns``).
+            characters to tell apart; ``augmentation.turn_or_mirror``).
         mirror: mirror each training character with probability 0.5, the
-            drawings of one character alike (``augmentation.mirror``).
+            drawings of one character alike (``augmentation.turn_or_mirror``).
         val_tasks: one-shot validation tasks each epoch (the paper: 320).
         way: candidates per one-shot task.
         val_pair_steps: batches of fixed validation pairs for ``val_loss``.

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese.augmentation import Distortion, distort, mirror, quarter_turns
+from keras_siamese.augmentation import Distortion, distort, turn_or_mirror
 from keras_siamese.data import OmniglotImages
 from keras_siamese.preprocessing import to_model_input
 
@@ -122,6 +122,19 @@ def _character_draws(batch_seed: tf.Tensor, draw: int, shape, values: int) -> tf
     return tf.random.stateless_uniform(shape, seed, 0, values, tf.int32)
 
 
+def _character_symmetries(batch_seed: tf.Tensor, shape, turn: bool, mirror: bool) -> tf.Tensor:
+    """A random symmetry (``augmentation.turn_or_mirror``) per character: int32 ``shape``.
+
+    0 to 3 quarter turns with ``turn``, mirrored with probability 0.5 with ``mirror``.
+    """
+    k = tf.zeros(shape, tf.int32)
+    if mirror:
+        k += 4 * _character_draws(batch_seed, _MIRRORS, shape, 2)
+    if turn:
+        k += _character_draws(batch_seed, _TURNS, shape, 4)
+    return k
+
+
 def _seeded_batches(
     make_batch, steps: int | None, seed: int, first_step: tf.Variable | int = 0
 ) -> tf.data.Dataset:
@@ -178,9 +191,9 @@ def pair_dataset(
     reproducibly from ``seed``; ``steps=None`` makes one endless stream for
     ``fit(steps_per_epoch=...)``, starting at its batch ``first_step``.
     With ``turn``, each character of a pair is turned by a random number of
-    quarter turns (``augmentation.quarter_turns``), the two images of a same
-    pair by the same number; with ``mirror_characters``, mirrored with
-    probability 0.5 (``augmentation.mirror``), the two of a same pair alike.
+    quarter turns, the two images of a same pair by the same number; with
+    ``mirror_characters``, mirrored with probability 0.5, the two of a same pair
+    alike (``augmentation.turn_or_mirror``).
     Elements are ``({"left": x1, "right": x2}, y)``
     with ``x`` float32 ``(batch_size, image_size, image_size, 1)`` and ``y``
     float32 ``(batch_size, 1)``.
@@ -194,14 +207,10 @@ def pair_dataset(
         )
         left, right, label = sample_pair_indices(index, batch_size, pair_seed, within_alphabet)
         x1, x2 = tf.gather(images, left), tf.gather(images, right)
-        if mirror_characters:
-            flips = _character_draws(batch_seed, _MIRRORS, (2, batch_size), 2) > 0
-            x1 = mirror(x1, flips[0])
-            x2 = mirror(x2, tf.where(label > 0, flips[0], flips[1]))
-        if turn:
-            turns = _character_draws(batch_seed, _TURNS, (2, batch_size), 4)
-            x1 = quarter_turns(x1, turns[0])
-            x2 = quarter_turns(x2, tf.where(label > 0, turns[0], turns[1]))
+        if turn or mirror_characters:
+            k = _character_symmetries(batch_seed, (2, batch_size), turn, mirror_characters)
+            x1 = turn_or_mirror(x1, k[0])
+            x2 = turn_or_mirror(x2, tf.where(label > 0, k[0], k[1]))
         if distortion is not None:
             # Each image of a pair gets its own transform (paper, sec. 3.4).
             x1 = distort(x1, left_seed, distortion)
@@ -244,9 +253,8 @@ def character_batch_dataset(
     alphabet, the pairs a within-alphabet one-shot task has to tell apart, make
     up most of the different pairs. Every image gets its own distortion. With
     ``turn``, each character is first turned by a random number of quarter
-    turns, all its drawings alike (``augmentation.quarter_turns``); with
-    ``mirror_characters``, mirrored with probability 0.5, all its drawings
-    alike (``augmentation.mirror``).
+    turns, all its drawings alike; with ``mirror_characters``, mirrored with
+    probability 0.5, all its drawings alike (``augmentation.turn_or_mirror``).
 
     Elements are ``(x, y)``: ``x`` float32 ``(B, image_size, image_size, 1)``
     and ``y`` int32 ``(B,)``, the character of each image (an index into the
@@ -286,12 +294,10 @@ def character_batch_dataset(
         classes = tf.reshape(tf.gather(first_class, chosen)[:, None] + chars, [-1])
         picks = _random_subsets(s[2], tf.gather(size, classes), drawers, max_drawers)
         x = tf.gather(images, tf.reshape(tf.gather(offset, classes)[:, None] + picks, [-1]))
-        if mirror_characters:
-            flips = _character_draws(batch_seed, _MIRRORS, (alphabets * characters,), 2) > 0
-            x = mirror(x, tf.repeat(flips, drawers))
-        if turn:
-            turns = _character_draws(batch_seed, _TURNS, (alphabets * characters,), 4)
-            x = quarter_turns(x, tf.repeat(turns, drawers))
+        if turn or mirror_characters:
+            shape = (alphabets * characters,)
+            k = _character_symmetries(batch_seed, shape, turn, mirror_characters)
+            x = turn_or_mirror(x, tf.repeat(k, drawers))
         if distortion is not None:
             x = distort(x, s[3], distortion)
         return x, tf.repeat(classes, drawers)

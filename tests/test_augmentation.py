@@ -12,11 +12,10 @@ from keras_siamese.augmentation import (
     Distortion,
     affine_transforms,
     distort,
-    mirror,
-    quarter_turns,
     random_affine_parameters,
     symmetry_transforms,
     transform,
+    turn_or_mirror,
     view_transforms,
 )
 
@@ -198,38 +197,36 @@ def test_forward_map_moves_ink_where_documented(values):
     np.testing.assert_allclose(found, expected, atol=0.25)
 
 
-def test_quarter_turns_turn_each_image_by_its_own_count():
-    images = tf.random.stateless_uniform((6, 5, 5, 1), (0, 1))
-    turns = tf.constant([0, 1, 2, 3, 4, -1])
-    turned = quarter_turns(images, turns).numpy()
-    for image, count, out in zip(images.numpy(), turns.numpy(), turned):
-        np.testing.assert_array_equal(out, np.rot90(image, count % 4))
+def _symmetric(image: np.ndarray, k: int) -> np.ndarray:
+    """Symmetry ``k`` of one ``(S, S, C)`` image in numpy: mirrored where ``k % 8 >= 4``, then
+    turned ``k % 4`` quarter turns anticlockwise."""
+    return np.rot90(np.fliplr(image) if k % 8 >= 4 else image, k % 4)
 
 
-def test_mirror_flips_left_to_right_only_the_images_marked():
-    images = tf.random.stateless_uniform((4, 5, 7, 1), (0, 2))
-    flips = tf.constant([True, False, False, True])
-    mirrored = mirror(images, flips).numpy()
-    for image, flip, out in zip(images.numpy(), flips.numpy(), mirrored):
-        np.testing.assert_array_equal(out, np.fliplr(image) if flip else image)
+def test_turn_or_mirror_gives_each_image_its_own_symmetry():
+    images = tf.random.stateless_uniform((10, 5, 5, 1), (0, 1))
+    k = tf.constant([0, 1, 2, 3, 4, 5, 6, 7, 8, -1])
+    changed = turn_or_mirror(images, k).numpy()
+    for image, symmetry, out in zip(images.numpy(), k.numpy(), changed):
+        np.testing.assert_array_equal(out, _symmetric(image, symmetry))
 
 
 @pytest.mark.parametrize("k", range(8))
 def test_symmetry_rows_mirror_then_turn_exactly(k):
     images = tf.random.stateless_uniform((3, 9, 9, 1), (0, 3))
     row = symmetry_transforms(tf.constant([k]), 9)[0]
-    expected = quarter_turns(mirror(images, tf.fill((3,), k >= 4)), tf.fill((3,), k % 4))
-    np.testing.assert_array_equal(transform(images, row).numpy(), expected.numpy())
+    expected = [_symmetric(image, k) for image in images.numpy()]
+    np.testing.assert_array_equal(transform(images, row).numpy(), np.stack(expected))
 
 
-@pytest.mark.parametrize("symmetries", [4, 8])
-def test_symmetric_views_apply_their_symmetry_then_their_distortion(symmetries):
+@pytest.mark.parametrize("count", [4, 8])
+def test_symmetric_views_apply_their_symmetry_then_their_distortion(count):
     images = tf.constant(_strokes())
     plain = view_transforms(10, SIZE, (3, 4))
-    symmetric = view_transforms(10, SIZE, (3, 4), symmetries=symmetries)
+    symmetric = view_transforms(10, SIZE, (3, 4), symmetries=count)
     np.testing.assert_array_equal(symmetric[0], plain[0])  # view 0: the images as they are
     for v in range(1, 10):
-        turned = transform(images, symmetry_transforms(tf.constant([v % symmetries]), SIZE)[0])
+        turned = transform(images, symmetry_transforms(tf.constant([v % count]), SIZE)[0])
         np.testing.assert_allclose(
             transform(images, symmetric[v]).numpy(), transform(turned, plain[v]).numpy(), atol=1e-4
         )

@@ -1,12 +1,15 @@
 """One-shot accuracy against training time, from run folders.
 
-    python bench/accuracy_vs_time.py RUN_DIR [RUN_DIR ...] [--label TEXT ...] [--out bench/accuracy_vs_time.png]
+    python bench/accuracy_vs_time.py RUN_DIR [RUN_DIR ...] [--label TEXT ...] [--ylim LOW HIGH]
+        [--out bench/accuracy_vs_time.png]
 
 For each run folder of ``python -m keras_siamese.fit``, plots the validation one-shot accuracy
 (the model-selection metric) at the end of each epoch against the training minutes, marks the
 final test figures from ``metrics.json`` (Lake's 20 runs, plain and with test-time augmentation;
-none for the member folders of an ensemble run), and prints them as a table. A folder of ``python -m keras_siamese.ensemble`` is marked at the
-training minutes of all its members together.
+none for the member folders of an ensemble run), and prints them as a table. A folder of
+``python -m keras_siamese.ensemble`` is marked at the training minutes of all its members
+together; one of a single member (``ensemble RUN_DIR``: a run scored again, e.g. by newer
+evaluation code) is drawn as that run's curve with the ensemble folder's test figures.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def main() -> None:
         help="legend entry of the n-th run, for the first runs in order (default: preset, "
         "pair sampling and seeds; runs that differ otherwise, e.g. by overrides, need one)",
     )  # fmt: skip
+    parser.add_argument("--ylim", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
+                        help="the accuracy axis's range")
     args = parser.parse_args()
     if len(args.label) > len(args.runs):
         parser.error(f"{len(args.label)} labels for {len(args.runs)} runs")
@@ -40,34 +45,48 @@ def main() -> None:
     for run, label in zip(args.runs, labels):
         if (run / "members.json").is_file():
             _ensemble(run, curves, label)
-            continue
-        config = TrainConfig.load(run / "config.json")
-        history = training.read_history(run / "log.csv")
-        minutes = training.epoch_minutes(run)
-        values = history[training.VAL_METRIC][: len(minutes)]
-        name = label or f"{config.preset}, {config.pair_sampling} pairs, seed {config.seed}"
-        if name in curves:  # the same configuration run again (other code)
-            name += f" ({'-'.join(run.name.split('-')[:2])})"
-        curves[name] = {"validation": (minutes[: len(values)], values)}
-        # A member of an ensemble run has no test figures of its own: its curve only.
-        metrics_path = run / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        figures = {LAKE: metrics.get("lake_runs_accuracy"), LAKE_TTA: metrics.get("lake_runs_accuracy_tta")}
-        curves[name].update(
-            {kind: ([minutes[-1]], [value]) for kind, value in figures.items() if value is not None}
-        )
-        print(f"{run.name:<28} {len(values):>6} {minutes[-1]:>8.1f} {max(values):>9.1%} "
-              + " ".join(f"{'-' if v is None else f'{v:.1%}':>{w}}" for v, w in zip(figures.values(), (7, 9))))
+        else:
+            _run(run, run, curves, label)
     plots.plot_accuracy_versus_time(
-        curves, targets={"Koch et al. 2015: 92.0%": 0.92, "goal in 20 CPU minutes: 88%": 0.88},
+        curves,
+        targets={
+            "people (Lake et al. 2015): 95.5%": 0.955,
+            "Koch et al. 2015: 92.0%": 0.92,
+            "goal in 20 CPU minutes: 88%": 0.88,
+        },
+        ylim=tuple(args.ylim),
         path=args.out,
     )
     print(f"wrote {args.out}")
 
 
+def _run(run: Path, scored: Path, curves: dict, label: str | None = None) -> None:
+    """Draws a run's validation curve, and marks the test figures in ``scored``'s ``metrics.json``."""
+    config = TrainConfig.load(run / "config.json")
+    history = training.read_history(run / "log.csv")
+    minutes = training.epoch_minutes(run)
+    values = history[training.VAL_METRIC][: len(minutes)]
+    name = label or f"{config.preset}, {config.pair_sampling} pairs, seed {config.seed}"
+    if name in curves:  # the same configuration run again (other code)
+        name += f" ({'-'.join(run.name.split('-')[:2])})"
+    curves[name] = {"validation": (minutes[: len(values)], values)}
+    # A member of an ensemble run has no test figures of its own: its curve only.
+    metrics_path = scored / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    figures = {LAKE: metrics.get("lake_runs_accuracy"), LAKE_TTA: metrics.get("lake_runs_accuracy_tta")}
+    curves[name].update(
+        {kind: ([minutes[-1]], [value]) for kind, value in figures.items() if value is not None}
+    )
+    print(f"{scored.name:<28} {len(values):>6} {minutes[-1]:>8.1f} {max(values):>9.1%} "
+          + " ".join(f"{'-' if v is None else f'{v:.1%}':>{w}}" for v, w in zip(figures.values(), (7, 9))))
+
+
 def _ensemble(folder: Path, curves: dict, label: str | None = None) -> None:
     """Marks an ensemble's test figures at the sum of its members' training minutes."""
     members = _trained_runs(folder)
+    if len(members) == 1:
+        _run(members[0], folder, curves, label)
+        return
     minutes = sum(training.epoch_minutes(member)[-1] for member in members)
     configs = [TrainConfig.load(member / "config.json") for member in members]
     presets = sorted({config.preset for config in configs})

@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_siamese import evaluation, fit, training  # noqa: E402
-from keras_siamese.augmentation import TTA_VIEWS  # noqa: E402
+from keras_siamese.config import TTA_VIEWS  # noqa: E402
 
 SELECTION_TASKS = (320, 960, 3200)  # besides the preset's own number (20 for smoke)
 JUDGE_SEED_OFFSET = 1002  # far from the seeds training uses (seed, seed + 1, seed + 2)

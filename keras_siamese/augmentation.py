@@ -17,15 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-
-# Views averaged by test-time augmentation, and the symmetries they cycle through (the
-# images as they are, turned, mirrored: ``symmetry_transforms``): the most accurate on
-# validation tasks (``python -m keras_siamese.evaluation RUN_DIR``; README, "What helps").
-# On 3,200 validation tasks 16 views cycling through the 8 symmetries gave 84.2% against
-# 79.9% for 16 views without them (a network trained with quarter turns) and 82.3% against
-# 76.9% for one trained without turns; 24 and 32 views no more.
-TTA_VIEWS = 16
-TTA_SYMMETRIES = 8
+from keras_siamese.config import TTA_SYMMETRIES
 
 
 @dataclasses.dataclass(frozen=True)

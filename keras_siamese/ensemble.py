@@ -22,7 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
-from keras_siamese.config import PRESETS
+from keras_siamese.config import PRESETS, add_tta_arguments
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-dir", default="saved_models", help="TF Serving base folder")
     parser.add_argument("--model-name", default="siamese", help="model name under --export-dir")
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    add_tta_arguments(parser)
     return parser
 
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         evaluate_and_export(
             ensemble, splits, runs, out, way=20, seed=args.seed,
             export_dir=None if args.no_export else args.export_dir, model_name=args.model_name,
+            tta_views=args.tta_views, tta_symmetries=args.tta_symmetries,
         )  # fmt: skip
     )
     write_metrics(metrics, out, started)

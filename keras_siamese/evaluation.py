@@ -17,13 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese.augmentation import (
-    TTA_SYMMETRIES,
-    TTA_VIEWS,
-    Distortion,
-    transform,
-    tta_transforms,
-)
+from keras_siamese.augmentation import Distortion, transform, tta_transforms
+from keras_siamese.config import TTA_SYMMETRIES, TTA_SYMMETRY_CHOICES, TTA_VIEWS
 from keras_siamese.data import LakeRuns, OmniglotImages
 from keras_siamese.model import head_of, load_models, siamese_members, twin_of
 from keras_siamese.pairs import pair_dataset
@@ -346,8 +341,8 @@ def evaluate(
         ``verification_accuracy``: balanced held-out pairs of the test split;
         with ``mnist``, ``mnist_10way_accuracy`` and ``mnist_10way_1nn``: 400
         10-way one-shot tasks on MNIST digits, no retraining (paper: 70.3%);
-        with ``views > 1``, ``lake_runs_accuracy_tta`` and
-        ``koch_test_accuracy_tta``: the same tasks with test-time augmentation
+        with ``views > 1``, ``lake_runs_accuracy_tta``, ``koch_test_accuracy_tta``
+        (and ``mnist_10way_accuracy_tta``): the same tasks with test-time augmentation
         over ``views`` views cycling through ``symmetries`` symmetries (see
         :class:`SiameseScorer`), recorded as ``tta_views`` and ``tta_symmetries``.
     """
@@ -360,8 +355,8 @@ def evaluate(
         "koch_test_accuracy": accuracy(scorer(koch), koch),
         "verification_accuracy": verification_accuracy(model, test_split, seed=seed),
     }
-    if views > 1:
-        augmented = SiameseScorer(model, views=views, symmetries=symmetries)
+    augmented = SiameseScorer(model, views=views, symmetries=symmetries) if views > 1 else None
+    if augmented is not None:
         metrics.update(tta_views=views, tta_symmetries=symmetries)
         metrics["lake_runs_accuracy_tta"] = accuracy(augmented(lake), lake)
         metrics["koch_test_accuracy_tta"] = accuracy(augmented(koch), koch)
@@ -369,6 +364,8 @@ def evaluate(
         digits = labelled_tasks(*mnist, num_tasks=400, way=10, seed=seed)
         metrics["mnist_10way_accuracy"] = accuracy(scorer(digits), digits)
         metrics["mnist_10way_1nn"] = accuracy(pixel_scorer(digits), digits)
+        if augmented is not None:
+            metrics["mnist_10way_accuracy_tta"] = accuracy(augmented(digits), digits)
     return metrics
 
 
@@ -392,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[int, int], float]:
     )
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--symmetries", type=int, nargs="+", default=[1, TTA_SYMMETRIES],
-                        choices=(1, 4, 8),
+                        choices=TTA_SYMMETRY_CHOICES,
                         help="the symmetries the views cycle through, query and support alike: "
                         "1 none, 4 the quarter turns, 8 also mirrored (the default TTA)")
     parser.add_argument("--tasks", type=int, default=640)

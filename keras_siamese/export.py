@@ -68,7 +68,8 @@ import keras
 import tensorflow as tf
 
 import keras_siamese  # noqa: F401  (registers the custom layer and optimiser for load_model)
-from keras_siamese.augmentation import TTA_SYMMETRIES, TTA_VIEWS, transform, tta_transforms
+from keras_siamese.augmentation import transform, tta_transforms
+from keras_siamese.config import TTA_SYMMETRIES, TTA_VIEWS, add_tta_arguments, check_tta
 from keras_siamese.model import head_of, load_models, siamese_members, twin_of
 from keras_siamese.preprocessing import decode_images, to_model_input
 
@@ -281,7 +282,9 @@ def export_saved_model(
 
     Raises:
         FileExistsError: ``version`` is given and already exported.
+        ValueError: ``views`` or ``symmetries`` out of range (``config.check_tta``).
     """
+    check_tta(views, symmetries)
     model_dir = Path(export_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     if version is not None and (model_dir / str(version)).exists():
@@ -318,12 +321,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export-dir", default="saved_models", help="base folder (default: %(default)s)")
     parser.add_argument("--name", default="siamese", help="model name (default: %(default)s)")
     parser.add_argument("--version", type=int, default=None, help="version (default: next)")
+    add_tta_arguments(parser)
     args = parser.parse_args(argv)
     try:
         model = load_models(args.model)
     except FileNotFoundError as error:
         parser.error(str(error))
-    target = export_saved_model(model, args.export_dir, args.name, args.version)
+    target = export_saved_model(
+        model, args.export_dir, args.name, args.version, args.tta_views, args.tta_symmetries
+    )
     print(f"Exported {' + '.join(args.model)} to {target}")
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keras_siamese.config import (
-    DEFAULT_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig, preset,
+    DEFAULT_PRESET, PAIR_SAMPLING, PRESETS, TTA_SYMMETRIES, TTA_VIEWS, TrainConfig,
+    add_tta_arguments, preset,
 )
 
 if TYPE_CHECKING:  # annotations only
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     over.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                       help="mirror each training character with probability 0.5 (twice the "
                       "characters to tell apart)")
+    add_tta_arguments(over, overrides=True)
     return parser
 
 
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = evaluate_and_export(
         model, splits, runs, run_dir, way=config.way, seed=config.seed,
         export_dir=None if args.no_export else args.export_dir, model_name=args.model_name,
+        tta_views=config.tta_views, tta_symmetries=config.tta_symmetries,
     )  # fmt: skip
     metrics.update(trained)
     write_metrics(metrics, run_dir, started)
@@ -266,6 +269,7 @@ def ensemble_report(
 def evaluate_and_export(
     model, splits, runs, run_dir: Path, *, way: int, seed: int,
     export_dir: str | Path | None, model_name: str = "siamese",
+    tta_views: int = TTA_VIEWS, tta_symmetries: int = TTA_SYMMETRIES,
 ) -> dict:  # fmt: skip
     """The standard report of a trained model (a Siamese model or an ensemble).
 
@@ -273,7 +277,9 @@ def evaluate_and_export(
     transfer where MNIST is available), a sheet of scored trials in
     ``run_dir/one_shot_tasks.png``, and, unless ``export_dir`` is None, a new
     SavedModel version scored on Lake's runs as a TF Serving client would
-    (``lake_runs_accuracy[_tta]_saved_model``).
+    (``lake_runs_accuracy[_tta]_saved_model``). Test-time augmentation, in the
+    report and in the export's ``one_shot_tta`` signatures, averages
+    ``tta_views`` views cycling through ``tta_symmetries`` symmetries.
     """
     from keras_siamese import data, evaluation, export, plots
 
@@ -282,13 +288,18 @@ def evaluate_and_export(
     except (data.MnistDataError, OSError) as error:  # offline without a local copy: skip it
         print(f"MNIST transfer skipped: {error}")
         mnist = None
-    metrics = evaluation.evaluate(model, splits["test"], runs, way=way, seed=seed, mnist=mnist)
+    metrics = evaluation.evaluate(
+        model, splits["test"], runs, way=way, seed=seed, mnist=mnist,
+        views=tta_views, symmetries=tta_symmetries,
+    )  # fmt: skip
     lake = evaluation.lake_tasks(runs)
     plots.plot_task_sheet(
         lake, evaluation.SiameseScorer(model)(lake), path=Path(run_dir) / "one_shot_tasks.png"
     )
     if export_dir is not None:
-        target = export.export_saved_model(model, export_dir, model_name)
+        target = export.export_saved_model(
+            model, export_dir, model_name, views=tta_views, symmetries=tta_symmetries
+        )
         metrics["saved_model"] = str(target)
         # The headline figures, as a TF Serving client gets them: the exported model,
         # sent each run's PNG files.
@@ -320,7 +331,8 @@ def summary(metrics: dict) -> str:
         f"({metrics['koch_test_accuracy_tta']:.1%} with test-time augmentation); "
         f"verification: {metrics['verification_accuracy']:.1%}\n"
         + (f"MNIST 10-way one-shot, no retraining: {metrics['mnist_10way_accuracy']:.1%} "
-           f"(pixel 1-NN: {metrics['mnist_10way_1nn']:.1%})\n" if "mnist_10way_accuracy" in metrics else "")
+           f"({metrics['mnist_10way_accuracy_tta']:.1%} with test-time augmentation; "
+           f"pixel 1-NN: {metrics['mnist_10way_1nn']:.1%})\n" if "mnist_10way_accuracy" in metrics else "")
         + (f"Through the SavedModel: {metrics['lake_runs_accuracy_saved_model']:.1%}, "
            f"{metrics['lake_runs_accuracy_tta_saved_model']:.1%} with test-time augmentation "
            "(one_shot_tta)\n" if "saved_model" in metrics else "")

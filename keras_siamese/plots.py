@@ -579,6 +579,7 @@ def plot_accuracy_versus_time(
     runs: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
     *,
     targets: Mapping[str, float] | None = None,
+    ylim: tuple[float, float] = (0.0, 1.0),
     path: str | Path | None = None,
 ) -> Figure:
     """One-shot accuracy against training time: one colour per run, one mark per kind of figure.
@@ -589,6 +590,7 @@ def plot_accuracy_versus_time(
             A series of several points is drawn as a line, a single point as a mark
             whose shape depends on the series name (the same name, the same shape).
         targets: label to accuracy, drawn as horizontal reference lines (the paper's figure).
+        ylim: the accuracy axis's range (narrower to tell close figures apart).
     """
     from matplotlib.lines import Line2D
 
@@ -604,11 +606,13 @@ def plot_accuracy_versus_time(
                 shape = shapes.setdefault(name, "D*^svP"[len(shapes) % 6])
                 ax.plot(minutes, values, marker=shape, markersize=8, linestyle="none",
                         color=colour, markeredgecolor="black", markeredgewidth=0.4)
-    for label, value in (targets or {}).items():
-        ax.axhline(value, color="#555555", linestyle="--", linewidth=0.8)
-        ax.annotate(label, (0, value), xycoords=("axes fraction", "data"),
-                    xytext=(4, 3), textcoords="offset points", fontsize=8, color="#555555")
-    ax.set(xlabel="training time (minutes)", ylabel="20-way one-shot accuracy", ylim=(0, 1))
+    # Reference lines told apart by their dashes in the legend, not labelled on the axes,
+    # where the labels would cover marks near them.
+    references = [
+        ax.axhline(value, color="#555555", linestyle=style, linewidth=0.9, label=label)
+        for (label, value), style in zip((targets or {}).items(), ("--", ":", "-.", (0, (5, 1, 1, 1))) * 2)
+    ]
+    ax.set(xlabel="training time (minutes)", ylabel="20-way one-shot accuracy", ylim=ylim)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(alpha=0.3)
     # Beside the axes (inside they would cover the curves): which colour is which run,
@@ -618,7 +622,7 @@ def plot_accuracy_versus_time(
     marks = [Line2D([], [], color="grey", marker=".", label="validation, per epoch")] + [
         Line2D([], [], color="grey", marker=shape, linestyle="none", label=f"{name} (end)")
         for name, shape in shapes.items()
-    ]
+    ] + references
     fig.legend(handles=colours, loc="outside right upper", fontsize=7, frameon=False)
     fig.legend(handles=marks, loc="outside right lower", fontsize=7, frameon=False)
     return _save(fig, path)

@@ -25,7 +25,7 @@ def test_ensemble_command_evaluates_and_exports_the_runs(
         "-m", "keras_siamese.ensemble", run_dir, other,
         "--data-dir", omniglot_dir, "--tfds-dir", tfds_dir,
         "--output", out, "--export-dir", tmp_path / "saved_models", "--val-tasks", "40",
-        timeout=400,
+        "--tta-views", "4", "--tta-symmetries", "4", timeout=400,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-5000:]
     assert "Validation one-shot (40 tasks): ensemble" in result.stdout
@@ -36,7 +36,9 @@ def test_ensemble_command_evaluates_and_exports_the_runs(
     for key in ("val_one_shot_accuracy", "lake_runs_accuracy", "lake_runs_accuracy_tta",
                 "koch_test_accuracy", "verification_accuracy", "mnist_10way_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    # Served as a TF Serving client gets it, the ensemble scores Lake's runs as offline.
+    assert (metrics["tta_views"], metrics["tta_symmetries"]) == (4, 4)
+    # Served as a TF Serving client gets it, the ensemble scores Lake's runs as offline,
+    # with the same test-time augmentation.
     assert metrics["lake_runs_accuracy_saved_model"] == metrics["lake_runs_accuracy"]
     assert metrics["lake_runs_accuracy_tta_saved_model"] == metrics["lake_runs_accuracy_tta"]
     assert export.versions(tmp_path / "saved_models" / "siamese") == [1]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from keras_siamese import evaluation
-from keras_siamese.augmentation import TTA_SYMMETRIES, Distortion
+from keras_siamese.augmentation import Distortion
+from keras_siamese.config import TTA_SYMMETRIES
 from keras_siamese.model import build_ensemble, build_siamese, head_of
 from keras_siamese.preprocessing import to_model_input
 
@@ -187,10 +188,14 @@ def test_evaluate_with_mnist_adds_the_transfer_figures(small_model, test_split, 
     from keras_siamese import data
 
     mnist = data.load_mnist_test()
-    metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20, mnist=mnist)
+    metrics = evaluation.evaluate(
+        small_model, test_split, lake_runs, koch_tasks=20, mnist=mnist, views=2
+    )
     assert 0.0 <= metrics["mnist_10way_accuracy"] <= 1.0
     digits = evaluation.labelled_tasks(*mnist, num_tasks=400, way=10, seed=0)
     assert metrics["mnist_10way_1nn"] == evaluation.accuracy(evaluation.pixel_scorer(digits), digits)
+    tta = evaluation.SiameseScorer(small_model, views=metrics["tta_views"])
+    assert metrics["mnist_10way_accuracy_tta"] == evaluation.accuracy(tta(digits), digits)
 
 
 # --- Test-time augmentation -----------------------------------------------------------------

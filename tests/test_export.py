@@ -139,11 +139,12 @@ def test_saved_model_loads_in_process_and_accepts_any_batch_and_size(model, tmp_
         )
 
 
-def test_export_command_on_a_run_folder(trained_run, run_python, tmp_path):
+def test_export_command_on_a_run_folder(trained_run, lake_runs, run_python, tmp_path):
     _, run_dir, _, _ = trained_run
     result = run_python(
-        "-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path, "--name", "omniglot"
-    )
+        "-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path, "--name", "omniglot",
+        "--tta-views", "2", "--tta-symmetries", "1",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     target = tmp_path / "omniglot" / "1"
     assert str(target) in result.stdout
@@ -151,10 +152,31 @@ def test_export_command_on_a_run_folder(trained_run, run_python, tmp_path):
     best = keras.models.load_model(run_dir / "best.keras")
     rng = np.random.default_rng(1)
     x = {side: rng.integers(0, 256, (3, 105, 105, 1)).astype(np.float32) for side in ("left", "right")}
-    served = tf.saved_model.load(str(target)).signatures["serving_default"](
+    signatures = tf.saved_model.load(str(target)).signatures
+    served = signatures["serving_default"](
         left=tf.constant(x["left"]), right=tf.constant(x["right"])
     )["probability"]
     np.testing.assert_allclose(served.numpy(), _offline(best, x), atol=1e-6)
+    # one_shot_tta averages the views asked for: 2, without turning or mirroring.
+    tasks = evaluation.lake_tasks(lake_runs)
+    tta = signatures["one_shot_tta"](
+        queries=lake_runs.test[0].astype(np.float32),
+        support=lake_runs.training[0].astype(np.float32),
+    )["scores"].numpy()
+    np.testing.assert_allclose(
+        tta, evaluation.SiameseScorer(best, views=2, symmetries=1)(tasks)[:20], atol=1e-5
+    )
+    assert not np.allclose(tta, evaluation.SiameseScorer(best, views=2)(tasks)[:20], atol=1e-3)
+
+
+def test_export_command_refuses_too_few_views(trained_run, run_python, tmp_path):
+    _, run_dir, _, _ = trained_run
+    result = run_python(
+        "-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path / "out", "--tta-views", "1"
+    )
+    assert result.returncode != 0
+    assert "tta_views must be at least 2, got 1" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_command_without_a_model(run_python, tmp_path):

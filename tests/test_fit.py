@@ -50,6 +50,8 @@ OPTIONS = [
     "--no-quarter-turns",
     "--mirror",
     "--no-mirror",
+    "--tta-views",
+    "--tta-symmetries",
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,13 +88,14 @@ def test_overrides_land_in_the_config(tmp_path):
         "--learning-rate", "0.002", "--image-size", "40", "--no-distort", "--mixed-precision",
         "--distortion-strength", "1.5", "--quarter-turns", "--mirror",
         "--filters", "8", "16", "16", "32", "--dense-units", "64", "--runs-dir", str(tmp_path),
+        "--tta-views", "8", "--tta-symmetries", "1",
     ])  # fmt: skip
     config, run_dir = fit.resolve_config(args)
     # The overrides win over the preset's bfloat16 recipe (75 epochs, x0.97) too.
     assert config == preset("cpu-long").replace(
         seed=3, epochs=7, lr_decay=0.5, learning_rate=0.002, image_size=40, distort=False,
         distortion_strength=1.5, quarter_turns=True, mirror=True, filters=(8, 16, 16, 32),
-        dense_units=64, mixed_precision=True,
+        dense_units=64, mixed_precision=True, tta_views=8, tta_symmetries=1,
     )
     assert run_dir.parent == tmp_path and run_dir.name.endswith("-cpu-long-seed3")
 
@@ -157,6 +160,7 @@ def test_fit_command_end_to_end(fit_run):
     for key in (
         "lake_runs_accuracy", "lake_runs_accuracy_tta", "lake_runs_1nn", "koch_test_accuracy",
         "koch_test_accuracy_tta", "verification_accuracy", "mnist_10way_accuracy", "mnist_10way_1nn",
+        "mnist_10way_accuracy_tta",
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert 0 < metrics["peak_memory_mib"] < 4096
@@ -240,12 +244,17 @@ def test_fit_command_trains_and_exports_an_ensemble(
     assert "Trained 1 + 1 epochs" in result.stdout
 
 
-def test_an_override_out_of_range_is_a_clear_error(run_python, tmp_path):
+@pytest.mark.parametrize(
+    "override, message",
+    [(("--members", "0"), "members must be at least 1, got 0"),
+     (("--tta-views", "1"), "tta_views must be at least 2, got 1")],
+)  # fmt: skip
+def test_an_override_out_of_range_is_a_clear_error(override, message, run_python, tmp_path):
     result = run_python(
-        "-m", "keras_siamese.fit", "--members", "0", "--runs-dir", tmp_path / "runs", timeout=120
+        "-m", "keras_siamese.fit", *override, "--runs-dir", tmp_path / "runs", timeout=120
     )
     assert result.returncode != 0
-    assert "error: members must be at least 1, got 0" in result.stderr
+    assert "error: " in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
 

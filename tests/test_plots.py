@@ -181,7 +181,8 @@ def test_plot_accuracy_versus_time(tmp_path):
             "cpu": {"validation": ([2.0, 4.0, 6.5], [0.25, 0.4, 0.5]), "test": ([6.5], [0.7])},
             "ensemble": {"test": ([13.0], [0.8])},
         },
-        targets={"paper": 0.92},
+        targets={"paper": 0.92, "goal": 0.88},
+        ylim=(0.2, 1.0),
         path=path,
     )
     check_png(path, fig)
@@ -192,4 +193,9 @@ def test_plot_accuracy_versus_time(tmp_path):
     assert lines[1].get_marker() == lines[2].get_marker() != lines[0].get_marker()
     labels = [[t.get_text() for t in legend.texts] for legend in fig.legends]
     assert ["cpu", "ensemble"] in labels
-    assert ["validation, per epoch", "test (end)"] in labels
+    # The reference lines are named in the legend, told apart by their dashes.
+    assert ["validation, per epoch", "test (end)", "paper", "goal"] in labels
+    paper, goal = lines[-2:]
+    assert paper.get_ydata()[0] == 0.92 and goal.get_ydata()[0] == 0.88
+    assert paper.get_linestyle() != goal.get_linestyle()
+    assert ax.get_ylim() == (0.2, 1.0)

@@ -305,6 +305,12 @@ def test_ema_momentum_is_checked():
         TrainConfig(ema_momentum=1.0)
 
 
+@pytest.mark.parametrize("changes", [{"tta_views": 1}, {"tta_symmetries": 2}])
+def test_test_time_augmentation_is_checked(changes):
+    with pytest.raises(ValueError, match=next(iter(changes))):
+        TrainConfig(**changes)
+
+
 def test_time_limit_starts_no_epoch_that_might_end_past_it(monkeypatch):
     clock = iter([0.0, 0.0, 100.0, 100.0, 220.0])  # train and epoch 1 begin, ends, epoch 2...
     monkeypatch.setattr(training.time, "monotonic", lambda: next(clock))

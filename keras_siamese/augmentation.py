@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_siamese.config import TTA_SYMMETRIES
+from keras_siamese.config import TTA_SYMMETRIES, TTA_SYMMETRY_CHOICES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +209,7 @@ def view_transforms(
     """
     if views < 1:
         raise ValueError(f"views must be at least 1, got {views}")
-    if symmetries not in (1, 4, 8):
+    if symmetries not in TTA_SYMMETRY_CHOICES:
         raise ValueError(f"symmetries must be 1, 4 or 8, got {symmetries}")
     identity = tf.constant([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
     params = random_affine_parameters(views - 1, tf.constant(seed), distortion, image_size)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from itertools import cycle
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -608,9 +609,10 @@ def plot_accuracy_versus_time(
                         color=colour, markeredgecolor="black", markeredgewidth=0.4)
     # Reference lines told apart by their dashes in the legend, not labelled on the axes,
     # where the labels would cover marks near them.
+    dashes = cycle(("--", ":", "-.", (0, (5, 1, 1, 1))))
     references = [
         ax.axhline(value, color="#555555", linestyle=style, linewidth=0.9, label=label)
-        for (label, value), style in zip((targets or {}).items(), ("--", ":", "-.", (0, (5, 1, 1, 1))) * 2)
+        for (label, value), style in zip((targets or {}).items(), dashes)
     ]
     ax.set(xlabel="training time (minutes)", ylabel="20-way one-shot accuracy", ylim=ylim)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))

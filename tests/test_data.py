@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from keras_siamese import data
+from keras_siamese.data import mnist, omniglot
 
 EXPECTED_COUNTS = {"background": (30, 964), "evaluation": (20, 659)}  # alphabets, characters
 
@@ -205,7 +206,7 @@ def test_missing_folder_is_an_error(tmp_path, monkeypatch):
 def test_no_zips_and_no_download_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(data.OmniglotDataError, match="images_background.zip"):
         data.load_omniglot(tmp_path, tmp_path / "tfds", download=False)
-    monkeypatch.setattr(data, "find_data_dir", lambda data_dir=None: None)
+    monkeypatch.setattr(omniglot, "find_data_dir", lambda data_dir=None: None)
     with pytest.raises(data.OmniglotDataError, match="download=False"):
         data.load_omniglot(tfds_dir=tmp_path / "tfds", download=False)
 
@@ -331,7 +332,7 @@ def test_mnist_found_beside_the_checkout_or_from_the_environment(tmp_path, monke
 def test_mnist_without_a_local_copy_downloads_or_says_why_not(tmp_path, monkeypatch):
     """Offline (as here) a clear MnistDataError, which `fit` reports as the transfer skipped."""
     monkeypatch.delenv(data.MNIST_DIR_ENV, raising=False)
-    monkeypatch.setattr(data, "_SHARED_MNIST", pathlib.Path("no-mnist-here"))
+    monkeypatch.setattr(mnist, "_SHARED_MNIST", pathlib.Path("no-mnist-here"))
     monkeypatch.chdir(tmp_path)
     try:
         images, _ = data.load_mnist_test()

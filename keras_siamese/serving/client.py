@@ -28,23 +28,10 @@ from typing import Any, Union
 import numpy as np
 import requests
 
+from keras_siamese.serving.errors import ServingError
+
 #: Images as pixels ``(N, H, W)`` / ``(N, H, W, 1)``, or files as paths or bytes.
 Images = Union[np.ndarray, Sequence[Union[str, os.PathLike, bytes]]]
-
-
-class ServingError(RuntimeError):
-    """The model server answered with an error.
-
-    Attributes:
-        status: the HTTP status code (None when the server could not be reached); over
-            gRPC, the status code's name (``"INVALID_ARGUMENT"``, ``"NOT_FOUND"``, ...).
-        message: the server's error message.
-    """
-
-    def __init__(self, status: int | str | None, message: str):
-        super().__init__(f"{status}: {message}" if status else message)
-        self.status = status
-        self.message = message
 
 
 class _SignatureCalls:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from keras_siamese.model import describe_machine, fast_bfloat16_hardware
+from keras_siamese.hardware import describe_machine, fast_bfloat16_hardware
 
 
 def layer_flops(layer: keras.layers.Layer) -> float:

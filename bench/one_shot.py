@@ -34,7 +34,8 @@ import tensorflow as tf
 from common import flops_per_image, interleaved_seconds, print_machine, square_matmul
 from keras_siamese import data, evaluation, export
 from keras_siamese.config import PRESETS, preset
-from keras_siamese.model import build_siamese, mixed_precision_by_default, twin_of
+from keras_siamese.hardware import mixed_precision_by_default
+from keras_siamese.model import build_siamese, twin_of
 from keras_siamese.preprocessing import to_model_input
 
 

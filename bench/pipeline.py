@@ -20,7 +20,7 @@ import keras
 from common import print_machine
 from keras_siamese import data, training
 from keras_siamese.config import PAIR_SAMPLING, PRESETS, preset
-from keras_siamese.model import mixed_precision_by_default
+from keras_siamese.hardware import mixed_precision_by_default
 
 
 def _median_seconds(iterable, steps: int, warmup: int = 3) -> float:

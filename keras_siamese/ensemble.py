@@ -25,7 +25,8 @@ from pathlib import Path
 from keras_siamese.config import PRESETS, add_tta_arguments
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m keras_siamese.ensemble``."""
     parser = argparse.ArgumentParser(
         prog="python -m keras_siamese.ensemble",
         description="Evaluate and export an ensemble of runs trained by keras_siamese.fit: "
@@ -60,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     """Builds, evaluates and exports the ensemble; returns the metrics written to ``metrics.json``."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     started = time.monotonic()
 
-    from keras_siamese.fit import (
+    from keras_siamese.reporting import (
         ensemble_report, evaluate_and_export, load_data, summary, write_metrics,
     )
     from keras_siamese.model import build_ensemble, load_trained

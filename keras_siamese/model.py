@@ -7,8 +7,6 @@ prediction ``p = sigmoid(sum_j alpha_j |h1_j - h2_j| + b)``.
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,69 +14,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_siamese.config import BFLOAT16_RECIPES, ModelConfig
-
-
-@functools.cache  # the hardware does not change within a process
-def fast_bfloat16_hardware() -> str | None:
-    """What makes mixed bfloat16 pay off here ("AMX", "AVX-512 BF16", a GPU), or None.
-
-    Training runs on the GPU where there is one, so then only the GPU counts: it
-    needs bfloat16 tensor cores (compute capability 8.0, Ampere, or later).
-    Elsewhere, an AVX2-only CPU or an older GPU, bfloat16 arithmetic is emulated
-    or slow. The CPU flags are read from ``/proc/cpuinfo`` (Linux).
-    """
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
-        if capability is not None and tuple(capability) >= (8, 0):
-            return f"a GPU of compute capability {capability[0]}.{capability[1]}"
-        return None
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return None
-    if "amx_bf16" in flags:
-        return "AMX"
-    return "AVX-512 BF16" if "avx512_bf16" in flags else None
-
-
-def mixed_precision_by_default(preset_name: str) -> bool:
-    """Whether ``fit`` trains the preset in mixed bfloat16 unless told: the presets with a
-    bfloat16 recipe (``config.BFLOAT16_RECIPES``), where bfloat16 is fast on this machine."""
-    return preset_name in BFLOAT16_RECIPES and fast_bfloat16_hardware() is not None
-
-
-def describe_machine() -> dict[str, object]:
-    """What a run's figures were measured on: CPU model, usable cores, fast bfloat16, versions.
-
-    Speed and the epochs a time limit buys depend on the machine (the same step ran 54 ms on
-    one 2-core CPU and 100 ms on another), so ``fit`` records this beside every run's metrics.
-    """
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count()
-    gpus = [
-        tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
-        for gpu in tf.config.list_physical_devices("GPU")
-    ]
-    return {
-        "cpu": cpu,
-        "cores": cores,
-        "gpus": gpus,
-        "fast_bfloat16": fast_bfloat16_hardware(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-    }
+from keras_siamese.config import ModelConfig
 
 
 def layer_names(config: ModelConfig) -> list[str]:

@@ -72,7 +72,7 @@ def test_parser_has_no_undocumented_options():
 
     parser_options = {
         option
-        for action in fit._parser()._actions
+        for action in fit.build_parser()._actions
         for option in action.option_strings
         if option.startswith("--") and option != "--help"
     }
@@ -83,7 +83,7 @@ def test_overrides_land_in_the_config(tmp_path):
     from keras_siamese import fit
     from keras_siamese.config import preset
 
-    args = fit._parser().parse_args([
+    args = fit.build_parser().parse_args([
         "--preset", "cpu-long", "--seed", "3", "--epochs", "7", "--lr-decay", "0.5",
         "--learning-rate", "0.002", "--image-size", "40", "--no-distort", "--mixed-precision",
         "--distortion-strength", "1.5", "--quarter-turns", "--mirror",
@@ -92,7 +92,8 @@ def test_overrides_land_in_the_config(tmp_path):
     ])  # fmt: skip
     config, run_dir = fit.resolve_config(args)
     # The overrides win over the preset's bfloat16 recipe (75 epochs, x0.97) too.
-    assert config == preset("cpu-long").replace(
+    assert config.machine_adaptation == "mixed bfloat16, as told (--mixed-precision)"
+    assert config.replace(machine_adaptation="") == preset("cpu-long").replace(
         seed=3, epochs=7, lr_decay=0.5, learning_rate=0.002, image_size=40, distort=False,
         distortion_strength=1.5, quarter_turns=True, mirror=True, filters=(8, 16, 16, 32),
         dense_units=64, mixed_precision=True, tta_views=8, tta_symmetries=1,
@@ -103,11 +104,16 @@ def test_overrides_land_in_the_config(tmp_path):
 def test_precision_follows_the_flag_else_the_hardware(tmp_path):
     from keras_siamese import fit
     from keras_siamese.config import BFLOAT16_RECIPES, preset
-    from keras_siamese.model import fast_bfloat16_hardware
+    from keras_siamese.hardware import fast_bfloat16_hardware
 
     def resolved(*flags):
-        args = fit._parser().parse_args([*flags, "--runs-dir", str(tmp_path)])
-        return fit.resolve_config(args)[0]
+        args = fit.build_parser().parse_args([*flags, "--runs-dir", str(tmp_path)])
+        config = fit.resolve_config(args)[0]
+        # What was decided is recorded with the run; the rest is the preset.
+        assert config.machine_adaptation.startswith(
+            "mixed bfloat16" if config.model.mixed_precision else "float32"
+        )
+        return config.replace(machine_adaptation="")
 
     # Explicit flags, the same on every machine.
     assert resolved("--preset", "cpu", "--no-mixed-precision") == preset("cpu")

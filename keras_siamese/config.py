@@ -16,18 +16,14 @@ from typing import Any
 PAIR_SAMPLING = ("random", "all", "alphabet")
 
 # Views averaged by test-time augmentation, and the symmetries they cycle through (the
-# images as they are, turned, mirrored: ``augmentation.symmetry_transforms``): the most
-# accurate on validation tasks (``python -m keras_siamese.evaluation RUN_DIR``; README,
-# "What helps"). On 3,200 validation tasks 16 views cycling through the 8 symmetries gave
-# 84.2% against 79.9% for 16 views without them (a network trained with quarter turns)
-# and 82.3% against 76.9% for one trained without turns; 24 and 32 views no more.
+# images as they are, turned, mirrored: ``augmentation.symmetry_transforms``). These are the
+# most accurate settings on validation tasks (docs/ablations.md, "Test-time augmentation").
 TTA_VIEWS = 16
 TTA_SYMMETRIES = 8
-# 1: distorted views only (the TTA before commit c8bf448), 4: with the quarter turns,
-# 8: with the quarter turns of the image and of its mirror image. A view turns or mirrors
-# the whole task alike, so it stays the same task even where orientation means something
-# (a query 6 turned with its candidates still matches the 6): on MNIST digits 16 views gave
-# 75.8% with 8 symmetries against 71.8% with 1 (the six cpu networks of the README's table).
+# 1: distorted views only, 4: with the quarter turns, 8: with the quarter turns of the image
+# and of its mirror image. A view turns or mirrors the whole task alike, so it stays the same
+# task even where orientation means something (a query 6 turned with its candidates still
+# matches the 6), which is why the symmetric views also help on MNIST digits.
 TTA_SYMMETRY_CHOICES = (1, 4, 8)
 
 
@@ -73,7 +69,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run.
+    """Everything that defines a training run; the defaults are the paper's (``koch2015``).
 
     Attributes:
         preset: name of the preset this configuration started from.
@@ -131,9 +127,12 @@ class TrainConfig:
             in the exported ``one_shot_tta`` signatures (at least 2).
         tta_symmetries: the symmetries those views cycle through, one of
             ``TTA_SYMMETRY_CHOICES``.
+        machine_adaptation: how the preset was adapted to the machine it first ran on
+            (``hardware.adapt_to_machine``), recorded for the run folder; empty where
+            nothing was decided for the machine.
     """
 
-    preset: str = "cpu"
+    preset: str = "koch2015"
     seed: int = 0
     model: ModelConfig = ModelConfig()
     pair_sampling: str = "random"
@@ -142,7 +141,7 @@ class TrainConfig:
     batch_alphabets: int = 4
     batch_characters: int = 8
     batch_drawers: int = 4
-    steps_per_epoch: int = 100
+    steps_per_epoch: int = 1172
     epochs: int = 200
     patience: int = 20
     optimizer: str = "sgd"
@@ -159,11 +158,12 @@ class TrainConfig:
     mirror: bool = False
     val_tasks: int = 320
     way: int = 20
-    val_pair_steps: int = 4
+    val_pair_steps: int = 8
     max_minutes: float | None = None
     members: int = 1
     tta_views: int = TTA_VIEWS
     tta_symmetries: int = TTA_SYMMETRIES
+    machine_adaptation: str = ""
 
     def __post_init__(self):
         if self.pair_sampling not in PAIR_SAMPLING:
@@ -240,115 +240,78 @@ def _tuple(value):
     return tuple(value) if isinstance(value, list) else value
 
 
+# The paper's protocol at full size, meant for a GPU: 150,000 pairs per epoch, the paper's
+# largest setting before distortion.
+_KOCH2015 = TrainConfig()
+
+# The default: the paper's architecture scaled to train in under 20 minutes on 2 CPU cores
+# (32x32 input, half the filters, 'same' padding, batch normalisation, Adam), trained on every
+# pair of batches of 4 alphabets x 8 characters x 4 drawers: 8,128 pairs for 128 twin passes.
+# Each training character is turned by 0-3 quarter turns, four times the characters to tell
+# apart, which keeps the network from overfitting the 964 training characters. The epoch is
+# selected on 3,200 validation tasks rather than the paper's 320, on which the best epoch is
+# often a lucky one; with a 60-epoch budget there is no early stopping. The time limit leaves
+# a margin for a slow epoch. docs/ablations.md measures each of these choices.
+_CPU = TrainConfig(
+    preset="cpu",
+    model=ModelConfig(
+        image_size=32,
+        filters=(32, 64, 64, 128),
+        kernel_sizes=(5, 5, 3, 3),
+        dense_units=512,
+        padding="same",
+        paper_init=False,
+        batch_norm=True,
+        l2=(0.0,) * 6,
+    ),
+    pair_sampling="all",
+    steps_per_epoch=300,
+    epochs=60,
+    patience=60,
+    optimizer="adam",
+    learning_rate=1e-3,
+    lr_decay=0.96,  # x0.1 over the 60 epochs
+    within_alphabet=0.5,
+    quarter_turns=True,
+    val_tasks=3200,
+    val_pair_steps=4,
+    max_minutes=19.5,
+)
+
 PRESETS: dict[str, TrainConfig] = {
-    # The paper's protocol at full size: meant for a GPU (about 28 training
-    # pairs/s on a 2-core CPU in float32). 150,000 pairs per epoch as in the
-    # paper's largest setting before distortion.
-    "koch2015": TrainConfig(
-        preset="koch2015",
-        model=ModelConfig(),
-        steps_per_epoch=1172,
-        epochs=200,
-        patience=20,
-        optimizer="sgd",
-        learning_rate=0.01,
-        momentum_ramp_epochs=20,
-        val_pair_steps=8,
-    ),
-    # The default: the paper's architecture scaled to a 2-core CPU (32x32
-    # input, half the filters, 'same' padding, batch normalisation, Adam),
-    # sized to train in under 20 minutes: 60 epochs of about 19 s on 2 cores of
-    # an AVX-512 EPYC. On a slower CPU the time limit ends training sooner, with
-    # the learning rate less decayed (on 2 AVX2 cores, about 5x slower, 10 epochs
-    # with x0.8 per epoch were the measured recipe: see the README). float32 here;
-    # ``preset("cpu", mixed_precision=True)`` is its bfloat16 recipe (BFLOAT16_RECIPES),
-    # which fit picks where bfloat16 is fast. Trained on every pair of batches of
-    # 4 alphabets x 8 characters x 4 drawers: 8,128 pairs for 128 twin passes
-    # (the ablation in the README).
-    "cpu": TrainConfig(
-        preset="cpu",
-        model=ModelConfig(
-            image_size=32,
-            filters=(32, 64, 64, 128),
-            kernel_sizes=(5, 5, 3, 3),
-            dense_units=512,
-            padding="same",
-            paper_init=False,
-            batch_norm=True,
-            l2=(0.0,) * 6,
-        ),
-        pair_sampling="all",
-        batch_alphabets=4,
-        batch_characters=8,
-        batch_drawers=4,
-        steps_per_epoch=300,
-        epochs=60,
-        # No early stopping within the 60 epochs: on 320 tasks validation is
-        # noisy (+-2.6 points), and a lucky early epoch stopped seed 2 at epoch
-        # 32 with patience 20. The best epoch (on val_tasks) is still the one kept.
-        patience=60,
-        optimizer="adam",
-        learning_rate=1e-3,
-        lr_decay=0.96,  # x0.1 over the 60 epochs
-        within_alphabet=0.5,
-        # Four times the characters: each turned by 0-3 quarter turns. Without them the
-        # network overfits the 964 training characters (its validation loss climbs from
-        # about epoch 6); with them, at seeds 0-2 on 2 Xeon cores, the best validation rose
-        # from 72.2-73.0% to 76.2-76.9% and Lake's runs from 85.5-87.0% to 89.0-90.0%
-        # (90.0-90.8% to 91.5-92.5% with TTA; README's ablation).
-        quarter_turns=True,
-        # Select the epoch on 3,200 validation tasks, not the paper's 320: they reuse
-        # the same 1,108 validation images, so they cost 0.4 s more per epoch (head
-        # evaluations), and the best of ~68 epochs on 320 tasks can be a lucky one:
-        # bfloat16 seed 2 kept epoch 24 (83.5% on Lake's runs) where 3,200 tasks keep
-        # epoch 66 (88.8%). Over seeds 0-3: 87.6% against 86.3% on Lake's runs, 91.1%
-        # against 90.1% with TTA (bench/model_selection.py; the README's ablation).
-        val_tasks=3200,
-        max_minutes=19.5,  # training within 20 minutes, with a margin for a slow epoch
-    ),
-    # A few steps of a small network with the cpu preset's recipe: for tests
-    # and for trying the pipeline out.
-    "smoke": TrainConfig(
+    "koch2015": _KOCH2015,
+    "cpu": _CPU,
+    # An hour on 2 cores: three cpu networks (seeds seed, seed + 1, seed + 2), each within
+    # the cpu preset's time limit, scored by the mean of their scores. Three networks beat
+    # one trained three times as long, whose validation accuracy levels off
+    # (docs/ablations.md, "Ensembles").
+    "cpu-long": _CPU.replace(preset="cpu-long", members=3),
+    # The cpu recipe on a tiny network for a few steps of random pairs: for tests and for
+    # trying the pipeline out.
+    "smoke": _CPU.replace(
         preset="smoke",
-        model=ModelConfig(
-            image_size=28,
-            filters=(8, 16, 16, 32),
-            kernel_sizes=(5, 3, 3, 3),
-            dense_units=64,
-            padding="same",
-            paper_init=False,
-            batch_norm=True,
-            l2=(0.0,) * 6,
-        ),
+        image_size=28,
+        filters=(8, 16, 16, 32),
+        kernel_sizes=(5, 3, 3, 3),
+        dense_units=64,
+        pair_sampling="random",
         batch_size=32,
         steps_per_epoch=20,
         epochs=2,
-        optimizer="adam",
+        patience=20,
         learning_rate=3e-3,
-        within_alphabet=0.5,
-        quarter_turns=True,
+        lr_decay=0.99,
         val_tasks=20,
         val_pair_steps=1,
+        max_minutes=None,
     ),
 }
-# An hour on 2 cores: three cpu networks (seeds seed, seed + 1, seed + 2), scored by
-# the mean of their scores. Each trains within the cpu preset's 19.5 minutes, so
-# training ends within an hour. Why not one network trained 3x longer: its
-# validation accuracy levels off after about 40 epochs, and one bfloat16 network
-# trained for 204 epochs (x0.99 per epoch, seed 0) scored 91.0% with TTA on Lake's
-# runs, no better than its 68-epoch counterpart (92.0%), against 93.2% for three.
-PRESETS["cpu-long"] = PRESETS["cpu"].replace(preset="cpu-long", members=3)
 DEFAULT_PRESET = "cpu"
 
-# Mixed bfloat16 versions of presets, as changes to them. Where bfloat16 is fast
-# (AVX-512 BF16: 54 ms per cpu step against 62 in float32), the cpu presets fit
-# about 69 epochs in their 19.5 minutes instead of 60, so they are planned for 75
-# at x0.97 per epoch (x0.12 by epoch 69). Measured on seeds 0-2 against the float32
-# recipe: see the README's ablation table. On a CPU without fast bfloat16 it is
-# emulated and many times slower, which is why it is not simply the preset. These step
-# times predate fused batch normalisation (model.FusedBatchNormalization: 1.57x faster
-# steps in bfloat16 on a Xeon with AMX, 42 to 50 epochs there instead of 29 to 32), so on
-# the EPYC the 75 epochs may now end before the time limit (not measured there).
+# Mixed bfloat16 versions of presets, as changes to them. Where bfloat16 is fast, a cpu step
+# is faster and more epochs fit in the time limit, so the recipe plans 75 epochs at x0.97 per
+# epoch (docs/ablations.md, "Precision and the bfloat16 recipe"). Where bfloat16 is emulated
+# it is many times slower, which is why it is not simply the preset.
 _BFLOAT16_CPU = {"mixed_precision": True, "epochs": 75, "lr_decay": 0.97}
 BFLOAT16_RECIPES: dict[str, dict[str, Any]] = {"cpu": _BFLOAT16_CPU, "cpu-long": _BFLOAT16_CPU}
 

@@ -1,7 +1,7 @@
 """One-shot accuracy against training time, from run folders.
 
-    python bench/accuracy_vs_time.py RUN_DIR [RUN_DIR ...] [--label TEXT ...] [--ylim LOW HIGH]
-        [--out bench/accuracy_vs_time.png]
+    python experiments/accuracy_vs_time.py RUN_DIR [RUN_DIR ...] [--label TEXT ...] [--ylim LOW HIGH]
+        [--out docs/figures/accuracy_vs_time.png]
 
 For each run folder of ``python -m keras_siamese.fit``, plots the validation one-shot accuracy
 (the model-selection metric) at the end of each epoch against the training minutes, marks the
@@ -28,7 +28,7 @@ LAKE_TTA = "Lake's runs with TTA, test"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("bench/accuracy_vs_time.png"))
+    parser.add_argument("--out", type=Path, default=Path("docs/figures/accuracy_vs_time.png"))
     parser.add_argument(
         "--label", action="append", default=[], metavar="TEXT",
         help="legend entry of the n-th run, for the first runs in order (default: preset, "

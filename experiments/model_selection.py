@@ -1,6 +1,6 @@
 """Which epoch to keep: model selection on 320 validation tasks against more, measured.
 
-    python bench/model_selection.py [--out DIR] [fit's options, e.g. --seed 2]
+    python experiments/model_selection.py [--out DIR] [fit's options, e.g. --seed 2]
 
 Trains one network as ``python -m keras_siamese.fit`` with the same options would (the same
 configuration, bfloat16 where fit picks it, the same pairs and weights for a seed), keeping every
@@ -33,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_siamese import evaluation, fit, training  # noqa: E402
+from keras_siamese import evaluation, fit, reporting, training  # noqa: E402
 from keras_siamese.config import TTA_VIEWS  # noqa: E402
 
 SELECTION_TASKS = (320, 960, 3200)  # besides the preset's own number (20 for smoke)
@@ -57,17 +57,17 @@ def _best_of(n: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("bench"),
-                        help="folder for the chart (default: bench)")
+    parser.add_argument("--out", type=Path, default=Path("runs/model_selection"),
+                        help="folder for the chart and kept weights (default: %(default)s)")
     parser.add_argument("--keep-weights", action="store_true",
                         help="keep every epoch's weights in OUT/weights-seedS (about 15 MB an "
                         "epoch for cpu) and each rule's kept epoch as OUT/seedS-epochE.keras")
     args, fit_args = parser.parse_known_args()
-    fit_options = fit._parser().parse_args(fit_args)
+    fit_options = fit.build_parser().parse_args(fit_args)
     config, _ = fit.resolve_config(fit_options)
     precision = "mixed bfloat16" if config.model.mixed_precision else "float32"
     print(f"preset {config.preset!r}, seed {config.seed}, {precision}")
-    splits, runs = fit.load_data(fit_options.data_dir, fit_options.tfds_dir, config.train_drawers)
+    splits, runs = reporting.load_data(fit_options.data_dir, fit_options.tfds_dir, config.train_drawers)
     validation = splits["validation"]
     sizes = sorted({config.val_tasks, *SELECTION_TASKS})
     selection = evaluation.within_alphabet_tasks(

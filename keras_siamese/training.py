@@ -17,6 +17,7 @@ A run folder holds everything a run produced::
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -199,11 +200,18 @@ def _best_so_far(log_path: Path) -> float | None:
     return max(values) if values else None
 
 
+def progress_verbosity() -> int:
+    """``model.fit``'s verbosity for this process: a progress bar (1) where standard output
+    is a terminal; one line per epoch (2) where it is a log file, a pipe or CI, in which a
+    progress bar writes a line for every step."""
+    return 1 if sys.stdout.isatty() else 2
+
+
 def train(
     config: TrainConfig,
     splits: dict[str, OmniglotImages],
     run_dir: str | Path,
-    verbose: int | str = "auto",
+    verbose: int | str | None = None,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[keras.Model, dict[str, list[Any]]]:
     """Trains a Siamese network with ``model.fit`` and returns the best model.
@@ -214,7 +222,8 @@ def train(
         run_dir: the run folder; if it holds a backup of a killed run with the
             same configuration, training resumes from its last epoch, and if it
             holds a finished run, that run's best model is returned untrained.
-        verbose: ``model.fit``'s verbosity (progress bars by default).
+        verbose: ``model.fit``'s verbosity; by default (None, ``progress_verbosity``) a
+            progress bar in a terminal and one line per epoch elsewhere.
         extra_callbacks: more callbacks for ``model.fit``, after the run's own, so
             that their logs hold the one-shot validation accuracy. They see the
             compiled model that ``fit`` trains (``compiled_models``).
@@ -281,7 +290,7 @@ def train(
         steps_per_epoch=config.steps_per_epoch,
         callbacks=callbacks,
         shuffle=False,  # pairs are drawn at random already
-        verbose=verbose,
+        verbose=progress_verbosity() if verbose is None else verbose,
     )
     if best_path.exists():
         model = keras.models.load_model(best_path)
@@ -292,7 +301,7 @@ def train_members(
     config: TrainConfig,
     splits: dict[str, OmniglotImages],
     run_dir: str | Path,
-    verbose: int | str = "auto",
+    verbose: int | str | None = None,
 ) -> list[tuple[Path, keras.Model, dict[str, list[Any]]]]:
     """Trains the ``config.members`` networks of an ensemble, one after another.
 

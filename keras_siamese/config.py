@@ -127,9 +127,9 @@ class TrainConfig:
             in the exported ``one_shot_tta`` signatures (at least 2).
         tta_symmetries: the symmetries those views cycle through, one of
             ``TTA_SYMMETRY_CHOICES``.
-        machine_adaptation: how the preset was adapted to the machine it first ran on
-            (``hardware.adapt_to_machine``), recorded for the run folder; empty where
-            nothing was decided for the machine.
+        machine_adaptation: how the preset is adapted to the machine the run first trains
+            on (``hardware.adapt_to_machine``), recorded for the run folder; empty where
+            nothing is decided for the machine.
     """
 
     preset: str = "koch2015"
@@ -251,7 +251,9 @@ _KOCH2015 = TrainConfig()
 # apart, which keeps the network from overfitting the 964 training characters. The epoch is
 # selected on 3,200 validation tasks rather than the paper's 320, on which the best epoch is
 # often a lucky one; with a 60-epoch budget there is no early stopping. The time limit leaves
-# a margin for a slow epoch. docs/ablations.md measures each of these choices.
+# a margin for a slow epoch. docs/ablations.md measures each of these choices ("Schedule and
+# size", "Batch normalisation", "Pair sampling", "Quarter turns and mirrors", "Model selection
+# on 3,200 validation tasks").
 _CPU = TrainConfig(
     preset="cpu",
     model=ModelConfig(

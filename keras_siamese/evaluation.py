@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[int, int], float]:
 
     Scores within-alphabet one-shot tasks of the validation split (never the test alphabets)
     with 1, 4, 8, ... views, cycling through 1 or 8 symmetries, and prints the accuracy of
-    each: the figures behind the choice of ``evaluate``'s default views and symmetries.
+    each: the figures behind the choice of ``evaluate``'s default views and symmetries
+    (docs/ablations.md, "Test-time augmentation").
     """
     import argparse
 

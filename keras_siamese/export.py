@@ -1,59 +1,27 @@
 """Export a trained Siamese network as a SavedModel for TensorFlow Serving.
 
-Exports go to TF Serving's layout, ``<export_dir>/<name>/<version>/``. Each
-version is written into a hidden temporary folder and renamed into place, so a
-model server watching ``<export_dir>/<name>`` never sees a half-written
-version (TF Serving only loads folders whose name is a number).
+Exports go to TF Serving's layout, ``<export_dir>/<name>/<version>/``. Each version is written
+into a hidden temporary folder and renamed into place, so a model server watching
+``<export_dir>/<name>`` never sees a half-written version (TF Serving only loads folders whose
+name is a number).
 
-The SavedModel takes images as stored in Omniglot: grey-scale pixel values in
-[0, 255], white paper and dark ink, of any size. It resizes and normalises them
-in the graph with :mod:`keras_siamese.preprocessing`, the code that training and
-evaluation use, so a client needs no preprocessing of its own and a model
-scored through TF Serving sees exactly the pixels it sees offline.
+The SavedModel takes images as Omniglot stores them (grey-scale pixel values in [0, 255], white
+paper, any size) and resizes and normalises them in the graph with
+:mod:`keras_siamese.preprocessing`, the code training and evaluation use, so a client needs no
+preprocessing of its own and a served model sees exactly the pixels it sees offline. Its
+signatures (:data:`SIGNATURES`; docs/serving.md, "Signatures") score pairs, embed images and
+score whole one-shot tasks, with test-time augmentation computed as
+``evaluation.SiameseScorer(views=...)`` computes it offline; an ensemble exports with the same
+signatures.
 
-Signatures (:data:`SIGNATURES`; ``saved_model_cli show --all`` lists them):
-
-==================  ==================================  =============================
-name                inputs                              outputs
-==================  ==================================  =============================
-serving_default     left, right: float (N, H, W, 1)     probability (N,)
-pair_encoded        left, right: string (N,)            probability (N,)
-embed               images: float (N, H, W, 1)          embedding (N, d)
-embed_encoded       images: string (N,)                 embedding (N, d)
-one_shot            queries: float (Q, H, W, 1),        scores (Q, K), best (Q,)
-                    support: float (K, H, W, 1)
-one_shot_encoded    queries: string (Q,),               scores (Q, K), best (Q,)
-                    support: string (K,)
-one_shot_tta        as one_shot                         scores (Q, K), best (Q,)
-one_shot_tta_encoded  as one_shot_encoded               scores (Q, K), best (Q,)
-==================  ==================================  =============================
-
-An ensemble (``model.build_ensemble``) exports with the same signatures: its
-probability and scores are the means of its members', and its embedding is
-the members' embeddings side by side.
-
-String inputs are encoded PNG, JPEG, GIF or BMP files (TF Serving's REST API
-takes them as ``{"b64": "..."}``). ``one_shot`` scores a whole N-way task in one
-call: each image is embedded once and the weighted-L1 head compares every
-query with every support image, ``Q + K`` twin passes instead of ``2 Q K``.
-The ``one_shot_tta`` signatures add test-time augmentation: the scores are
-averaged over ``views`` fixed views of the images (the export's ``views``, 16
-by default), each a symmetry of the whole task (turned, mirrored) and a
-distortion of each image, exactly as ``evaluation.SiameseScorer(views=...)``
-computes them offline, for ``views`` times the twin passes.
-
-``model.export`` and ``keras.export.ExportArchive`` currently write every
-variable twice (keras-team/keras#23553). Here the endpoints are plain
-``tf.function``s on a ``tf.Module`` that tracks the model's underlying
-``tf.Variable``s once, so the SavedModel holds a single copy of the weights.
-
-A model trained in mixed precision keeps float32 weights and casts them to
-bfloat16 each time a layer computes. Serving needs only the bfloat16 values, so
-the export holds the convolutions' and the dense layer's weights in the dtype
-they compute in (:func:`serving_copy`): the same values, hence the same scores,
-without the casts on every call (``bench/one_shot.py``: the ``cpu`` network's
-40 twin passes of a 20-way run 1.2x faster, the cast of its 1M dense weights
-having been the largest op after conv2) and in half the bytes.
+The endpoints are plain ``tf.function``s on a ``tf.Module`` that tracks the model's
+``tf.Variable``s once, because ``model.export`` and ``keras.export.ExportArchive`` write every
+variable twice (keras-team/keras#23553). ``one_shot`` embeds queries and support in one twin pass
+and compares the embeddings with the head, ``Q + K`` twin passes instead of ``2 Q K``
+(docs/benchmarks.md, "One-shot scoring in one twin pass"). A network trained in mixed precision
+is exported with its weights in the dtype they compute in (:func:`serving_copy`): the same
+scores, without a cast on every call and in half the bytes (docs/benchmarks.md, "Serving copy of
+bfloat16 weights"). docs/serving.md, "The SavedModel", describes the result.
 """
 
 from __future__ import annotations
@@ -167,7 +135,8 @@ def _build_module(
 
     def one_shot(queries, support):
         # Queries and support in one twin pass: on a CPU much of a pass over a few dozen small
-        # images is its fixed per-op cost, which one pass pays once (bench/one_shot.py).
+        # images is its fixed per-op cost, which one pass pays once (docs/benchmarks.md,
+        # "One-shot scoring in one twin pass").
         n = tf.shape(queries)[0]
         embedded = embed_members(tf.concat([queries, support], axis=0))
         scores = scores_of([e[:n] for e in embedded], [e[n:] for e in embedded])

@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="mixed bfloat16 compute, with the cpu presets' bfloat16 recipe (75 epochs, "
         "x0.97 per epoch); faster only on GPUs from Ampere on and on CPUs with AMX or "
-        "AVX-512 BF16 (2x at paper size, 1.15x for the cpu presets), many times slower "
-        "elsewhere (default: on for the cpu presets where bfloat16 is fast, else off)",
+        "AVX-512 BF16, many times slower elsewhere (docs/ablations.md; "
+        "default: on for the cpu presets where bfloat16 is fast, else off)",
     )
     over.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                       help="batch normalisation after each convolution")

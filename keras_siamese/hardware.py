@@ -44,7 +44,7 @@ def fast_bfloat16_hardware() -> str | None:
 
 
 def describe_machine() -> dict[str, object]:
-    """What a run's figures were measured on: CPU model, usable cores, fast bfloat16, versions.
+    """What a run's figures are measured on: CPU model, usable cores, fast bfloat16, versions.
 
     Speed, and so the epochs a time limit buys, depend on the machine, so ``fit`` records this
     beside every run's metrics.
@@ -90,8 +90,8 @@ def adapt_to_machine(preset_name: str, mixed_precision: bool | None = None) -> T
             recipe for True); None to let the machine decide (``mixed_precision_by_default``).
 
     Returns:
-        The preset, in mixed bfloat16 with its recipe where that was chosen, its
-        ``machine_adaptation`` saying what was decided and why.
+        The preset, in mixed bfloat16 with its recipe where that is chosen, its
+        ``machine_adaptation`` saying what is decided and why.
 
     Raises:
         ValueError: an unknown preset name.

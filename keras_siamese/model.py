@@ -122,11 +122,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel.
 
     Keras 3 normalises with separate TensorFlow ops (moments, subtract, scale,
-    shift, each with its gradient; keras-team/keras-core#225). In a mixed
-    bfloat16 ``cpu`` training step on 2 CPU cores they took about 45% of the
-    time. ``tf.nn.fused_batch_norm`` does the same in one oneDNN kernel, which
+    shift, each with its gradient; keras-team/keras-core#225), which take a
+    large share of a mixed bfloat16 ``cpu`` training step on a CPU.
+    ``tf.nn.fused_batch_norm`` does the same in one oneDNN kernel, which
     grappler also fuses with the ReLU that follows (and, for inference, into
-    the convolution before it); ``bench/batch_norm.py`` measures the gain.
+    the convolution before it), so a step is faster and more epochs fit in the
+    presets' time limits (docs/benchmarks.md, "Batch normalisation";
+    docs/ablations.md, "Batch normalisation").
 
     The layer has the same weights, config and moving statistics as Keras's
     (the biased batch variance, as Keras keeps). It takes the fused path for
@@ -275,8 +277,8 @@ class AllPairs(keras.layers.Layer):
         self.head = head
         self.groups = groups
         # The G x n x n x d distances are the costly part; XLA fuses the broadcast,
-        # abs and weighted sum (and their gradients) into one pass, about 3x
-        # faster on a CPU than the separate TensorFlow ops.
+        # abs and weighted sum (and their gradients) into one pass, faster on a CPU
+        # than the separate TensorFlow ops (docs/ablations.md, "Pair sampling").
         self._pairwise = tf.function(self._group_pairs, jit_compile=True)
 
     def _group_pairs(self, embeddings):

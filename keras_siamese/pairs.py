@@ -159,10 +159,10 @@ def _seeded_batches(
             .take(steps)
         )
     # No autotuning. Its background thread re-tunes ever less often, up to once a minute,
-    # and deleting the iterator waits for its next wake-up: model.fit returned 13 s after
-    # the last epoch of a 2.5-minute run and 60 s after a 20-minute one, a minute past the
-    # presets' time limits. Untuned, AUTOTUNE's defaults make batches as fast here, still
-    # some 40x faster than training consumes them (bench/pipeline.py).
+    # and deleting the iterator waits for its next wake-up, so model.fit returns long after
+    # the last epoch and past the presets' time limits. Untuned, AUTOTUNE's defaults make
+    # batches as fast here, still many times faster than training consumes them
+    # (docs/ablations.md, "Untuned tf.data streams"; docs/benchmarks.md, "The pair pipeline").
     options = tf.data.Options()
     options.autotune.enabled = False
     return (

@@ -284,9 +284,9 @@ def train(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
-        # One endless stream, one iterator: a new iterator each epoch stalled the
-        # start of some epochs by up to 40 s (most likely the wait of pairs._seeded_batches:
-        # a deleted autotuned iterator waits for tf.data's tuning thread).
+        # One endless stream, one iterator: a new iterator each epoch stalls the start of
+        # some epochs, most likely while the deleted one waits for tf.data's tuning thread
+        # (pairs._seeded_batches; docs/ablations.md, "Untuned tf.data streams").
         steps_per_epoch=config.steps_per_epoch,
         callbacks=callbacks,
         shuffle=False,  # pairs are drawn at random already

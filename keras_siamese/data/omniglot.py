@@ -401,7 +401,7 @@ class KochOmniglot(tfds.core.GeneratorBasedBuilder):
             key = f"{split.character[i]:04d}_{split.drawer[i]:02d}"
             yield key, {
                 # The validated 1-bit PNG is stored as is: re-encoding the decoded pixels gives
-                # the same pixels but made preparing 2.5x slower (30 s instead of 12 s).
+                # the same pixels, only slower to prepare (docs/design.md, "The data flow").
                 "image": pngs[i],
                 "alphabet": split.alphabet[i],
                 "character": split.character[i],

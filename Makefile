@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench serve clean
+.PHONY: run test test-fast bench serve clean
 
 # A virtual environment with the package (editable) and its dev extras;
 # rebuilt when setup.cfg changes.
@@ -20,6 +20,12 @@ run: $(VENV)/.installed
 ## The test suite (real Omniglot from ../shared/data/omniglot).
 test: $(VENV)/.installed
 	$(PY) -m pytest $(ARGS)
+
+## The suite without the end-to-end tests (marked slow): the development loop. It keeps
+## the prepared dataset in .cache/ between runs unless KERAS_SIAMESE_TEST_TFDS_DIR says where.
+test-fast: $(VENV)/.installed
+	KERAS_SIAMESE_TEST_TFDS_DIR="$${KERAS_SIAMESE_TEST_TFDS_DIR:-$(CURDIR)/.cache/tensorflow_datasets}" \
+		$(PY) -m pytest -m "not slow" $(ARGS)
 
 ## The speed benchmarks (figures and ratios; see bench/).
 bench: $(VENV)/.installed

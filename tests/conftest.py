@@ -83,6 +83,24 @@ def splits(omniglot) -> dict[str, data.OmniglotImages]:
 
 
 @pytest.fixture(scope="session")
+def pairs(omniglot):
+    """Five real pairs of 105x105 Omniglot images, pixel values as stored (255 = paper)."""
+    import numpy as np
+
+    images = omniglot["evaluation"].images
+    return {"left": images[:5].astype(np.float32), "right": images[100:105].astype(np.float32)}
+
+
+def keras_probabilities(model, pairs):
+    """What the Keras model gives for ``pairs``' pixels, preprocessed as in training."""
+    from keras_siamese.preprocessing import to_model_input
+
+    size = model.input["left"].shape[1]
+    x = {side: to_model_input(images, size) for side, images in pairs.items()}
+    return model.predict(x, verbose=0)[:, 0]
+
+
+@pytest.fixture(scope="session")
 def run_python():
     """Runs `python ARGS...` in a fresh interpreter at the repository root.
 
@@ -122,3 +140,22 @@ def trained_run(splits, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
     model, history = training.train(run_config, splits, run_dir, verbose=0)
     return run_config, run_dir, model, history
+
+
+def blank_png(size: tuple[int, int] = (105, 105)) -> bytes:
+    """A blank 1-bit PNG, the format of every Omniglot image."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", size, color=1).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def log_rows(run_dir: pathlib.Path) -> list[dict[str, str]]:
+    """The rows of a run folder's ``log.csv``, one per finished epoch."""
+    import csv
+
+    with (run_dir / "log.csv").open() as f:
+        return list(csv.DictReader(f))

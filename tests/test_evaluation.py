@@ -10,7 +10,6 @@ import pytest
 
 from keras_siamese import evaluation
 from keras_siamese.augmentation import Distortion
-from keras_siamese.config import TTA_SYMMETRIES
 from keras_siamese.model import build_ensemble, build_siamese, head_of
 from keras_siamese.preprocessing import to_model_input
 
@@ -143,19 +142,6 @@ def test_verification_accuracy_of_a_constant_model_is_one_half(small_config, tes
     assert evaluation.verification_accuracy(model, test_split, num_pairs=512) == 0.5
 
 
-def test_evaluate_reports_the_four_numbers(small_model, test_split, lake_runs):
-    metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20, views=1)
-    assert set(metrics) == {
-        "lake_runs_accuracy",
-        "lake_runs_1nn",
-        "koch_test_accuracy",
-        "verification_accuracy",
-    }
-    assert all(0.0 <= value <= 1.0 for value in metrics.values())
-    lake = evaluation.lake_tasks(lake_runs)
-    assert metrics["lake_runs_1nn"] == evaluation.accuracy(evaluation.pixel_scorer(lake), lake)
-
-
 def test_accuracy_by_group_and_hardest_mistakes():
     tasks = evaluation.OneShotTasks(
         images=np.zeros((1, 1, 1, 1), np.uint8),
@@ -184,20 +170,6 @@ def test_labelled_tasks_are_one_shot_tasks_over_the_labels():
         evaluation.labelled_tasks(images, labels, way=13)
 
 
-def test_evaluate_with_mnist_adds_the_transfer_figures(small_model, test_split, lake_runs):
-    from keras_siamese import data
-
-    mnist = data.load_mnist_test()
-    metrics = evaluation.evaluate(
-        small_model, test_split, lake_runs, koch_tasks=20, mnist=mnist, views=2
-    )
-    assert 0.0 <= metrics["mnist_10way_accuracy"] <= 1.0
-    digits = evaluation.labelled_tasks(*mnist, num_tasks=400, way=10, seed=0)
-    assert metrics["mnist_10way_1nn"] == evaluation.accuracy(evaluation.pixel_scorer(digits), digits)
-    tta = evaluation.SiameseScorer(small_model, views=metrics["tta_views"])
-    assert metrics["mnist_10way_accuracy_tta"] == evaluation.accuracy(tta(digits), digits)
-
-
 # --- Test-time augmentation -----------------------------------------------------------------
 
 
@@ -212,20 +184,22 @@ def test_test_time_augmentation_with_identity_distortions_changes_nothing(small_
     np.testing.assert_allclose(augmented, plain, atol=1e-6)
 
 
-@pytest.mark.parametrize("turns, mirrored", [(1, False), (2, False), (0, True), (3, True)])
-def test_symmetric_views_score_a_turned_or_mirrored_task_as_the_task(
-    small_model, koch_tasks, turns, mirrored
-):
+def test_symmetric_views_score_a_turned_or_mirrored_task_as_the_task(small_model, test_split):
     """Views through all 8 symmetries, undistorted, see a task turned or mirrored as a whole
     as the same 8 views in another order: the same scores. One view does not."""
-    images = koch_tasks.images[:, :, ::-1] if mirrored else koch_tasks.images  # (N, H, W, 1)
-    images = np.rot90(images, turns, axes=(1, 2))
-    changed = dataclasses.replace(koch_tasks, images=np.ascontiguousarray(images))
+    # Tasks of two alphabets: a small pool of images to embed through 8 views, 5 times.
+    two = np.isin(test_split.alphabet, np.unique(test_split.alphabet)[:2])
+    koch_tasks = evaluation.within_alphabet_tasks(test_split.select(two), 20, way=20, seed=0)
     identity = Distortion(probability=0.0)
     scorer = evaluation.SiameseScorer(small_model, views=8, distortion=identity, symmetries=8)
-    np.testing.assert_allclose(scorer(changed), scorer(koch_tasks), atol=1e-5)
     plain = evaluation.SiameseScorer(small_model)
-    assert not np.allclose(plain(changed), plain(koch_tasks), atol=1e-3)
+    expected, expected_plain = scorer(koch_tasks), plain(koch_tasks)
+    for turns, mirrored in ((1, False), (2, False), (0, True), (3, True)):
+        images = koch_tasks.images[:, :, ::-1] if mirrored else koch_tasks.images  # (N, H, W, 1)
+        images = np.rot90(images, turns, axes=(1, 2))
+        changed = dataclasses.replace(koch_tasks, images=np.ascontiguousarray(images))
+        np.testing.assert_allclose(scorer(changed), expected, atol=1e-5, err_msg=f"{turns=}, {mirrored=}")
+        assert not np.allclose(plain(changed), expected_plain, atol=1e-3), (turns, mirrored)
 
 
 def test_test_time_augmentation_averages_distorted_views(small_model, koch_tasks):
@@ -252,13 +226,6 @@ def test_test_time_augmentation_views_do_not_depend_on_the_batch(small_model, ko
     np.testing.assert_allclose(scorer(subset), scorer(koch_tasks)[:5], atol=1e-6)
 
 
-def test_evaluate_reports_test_time_augmentation(small_model, test_split, lake_runs):
-    metrics = evaluation.evaluate(small_model, test_split, lake_runs, koch_tasks=20, views=2)
-    assert 0.0 <= metrics["lake_runs_accuracy_tta"] <= 1.0
-    assert 0.0 <= metrics["koch_test_accuracy_tta"] <= 1.0
-    assert metrics["tta_views"] == 2 and metrics["tta_symmetries"] == TTA_SYMMETRIES
-
-
 @pytest.mark.parametrize("views", [1, 3])
 def test_an_ensemble_scores_the_mean_of_its_members(small_config, koch_tasks, views):
     members = [build_siamese(small_config(paper_init=False)) for _ in range(2)]
@@ -270,16 +237,3 @@ def test_an_ensemble_scores_the_mean_of_its_members(small_config, koch_tasks, vi
     np.testing.assert_allclose(scores, expected, atol=1e-6)
     embeddings = evaluation.SiameseScorer(ensemble).embed(koch_tasks.images[:3])
     assert embeddings.shape == (3, 2 * small_config().dense_units)
-
-
-def test_evaluation_command_scores_validation_tasks_with_views(trained_run, omniglot_dir, tfds_dir, capsys):
-    _, run_dir, _, _ = trained_run
-    results = evaluation.main(
-        [str(run_dir), "--views", "1", "2", "--symmetries", "1", "4", "--tasks", "20",
-         "--data-dir", str(omniglot_dir), "--tfds-dir", str(tfds_dir)]
-    )
-    assert sorted(results) == [(1, 1), (1, 2), (4, 1), (4, 2)]
-    assert all(0.0 <= v <= 1.0 for v in results.values())
-    # One view is the images as they are, whatever the symmetries.
-    assert results[1, 1] == results[4, 1]
-    assert "2 views, 4 symmetries:" in capsys.readouterr().out

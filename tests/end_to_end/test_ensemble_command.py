@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import keras
+import pytest
 
 from keras_siamese import export
 from keras_siamese.config import preset
 from keras_siamese.model import build_siamese, load_trained, siamese_members
+
+pytestmark = pytest.mark.slow
 
 
 def test_ensemble_command_evaluates_and_exports_the_runs(

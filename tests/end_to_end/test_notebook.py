@@ -19,6 +19,8 @@ from nbclient import NotebookClient
 
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.slow
+
 NOTEBOOK = REPO_ROOT / "notebooks" / "walkthrough.ipynb"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CELL_TIMEOUT = 300  # seconds; the whole notebook takes about a minute with this configuration

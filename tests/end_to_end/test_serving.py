@@ -26,6 +26,8 @@ from keras_siamese.serving import GrpcServingClient, ServingClient, ServingError
 
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.slow
+
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 

@@ -1,0 +1,202 @@
+"""SavedModels end to end: the export command, `saved_model_cli`, a SavedModel served by
+TensorFlow alone in a fresh process, and Lake's 400 trials scored through the exported
+signatures exactly as offline."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import keras_probabilities
+
+from keras_siamese import evaluation, export
+from keras_siamese.model import build_ensemble, build_siamese
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model(small_config) -> keras.Model:
+    return build_siamese(small_config(paper_init=False))
+
+
+# Loads a SavedModel the way a model server does: TensorFlow only. `import tensorflow` itself
+# tries to import Keras when it is installed, so Keras (and this project) are made
+# unimportable first, as on a server that has neither.
+SERVE = textwrap.dedent(
+    """
+    import json, sys
+
+    BLOCKED = ("keras", "keras_siamese", "tf_keras")
+    for name in BLOCKED:
+        sys.modules[name] = None  # `import keras` now fails as if it were not installed
+
+    import numpy as np
+    import tensorflow as tf
+
+    model_dir, inputs, outputs = sys.argv[1:]
+    loaded = tf.saved_model.load(model_dir)
+    serving = loaded.signatures["serving_default"]
+    x = np.load(inputs)
+    result = serving(left=tf.constant(x["left"]), right=tf.constant(x["right"]))
+    np.save(outputs, result["probability"].numpy())
+    keras_modules = sorted(
+        name for name, module in sys.modules.items()
+        if module is not None and name.split(".")[0] in BLOCKED
+    )
+    try:
+        import keras
+        keras_blocked = False
+    except ModuleNotFoundError:
+        keras_blocked = True
+    print(json.dumps({
+        "keras_modules": keras_modules,
+        "keras_blocked": keras_blocked,
+        "outputs": sorted(result),
+        "inputs": sorted(serving.structured_input_signature[1]),
+    }))
+    """
+)
+
+
+def _served(run_python, model_dir, pairs, tmp_path) -> tuple[np.ndarray, dict]:
+    np.savez(tmp_path / "inputs.npz", **pairs)
+    result = run_python("-c", SERVE, model_dir, tmp_path / "inputs.npz", tmp_path / "outputs.npy")
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    return np.load(tmp_path / "outputs.npy"), info
+
+
+def test_saved_model_serves_the_same_probabilities_without_keras(
+    model, pairs, run_python, tmp_path
+):
+    target = export.export_saved_model(model, tmp_path / "export", "siamese")
+    served, info = _served(run_python, target, pairs, tmp_path)
+    assert info["keras_blocked"]
+    assert info["keras_modules"] == []  # neither keras nor keras_siamese was imported
+    assert info["inputs"] == ["left", "right"]
+    assert info["outputs"] == ["probability"]
+    assert served.shape == (5,) and served.dtype == np.float32
+    np.testing.assert_allclose(served, keras_probabilities(model, pairs), rtol=1e-5, atol=1e-6)
+
+
+def test_export_command_on_a_run_folder(trained_run, lake_runs, run_python, tmp_path):
+    _, run_dir, _, _ = trained_run
+    result = run_python(
+        "-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path, "--name", "omniglot",
+        "--tta-views", "2", "--tta-symmetries", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    target = tmp_path / "omniglot" / "1"
+    assert str(target) in result.stdout
+    assert export.versions(tmp_path / "omniglot") == [1]
+    best = keras.models.load_model(run_dir / "best.keras")
+    rng = np.random.default_rng(1)
+    x = {side: rng.integers(0, 256, (3, 105, 105, 1)).astype(np.float32) for side in ("left", "right")}
+    signatures = tf.saved_model.load(str(target)).signatures
+    served = signatures["serving_default"](
+        left=tf.constant(x["left"]), right=tf.constant(x["right"])
+    )["probability"]
+    np.testing.assert_allclose(served.numpy(), keras_probabilities(best, x), atol=1e-6)
+    # one_shot_tta averages the views asked for: 2, without turning or mirroring.
+    tasks = evaluation.lake_tasks(lake_runs)
+    tta = signatures["one_shot_tta"](
+        queries=lake_runs.test[0].astype(np.float32),
+        support=lake_runs.training[0].astype(np.float32),
+    )["scores"].numpy()
+    np.testing.assert_allclose(
+        tta, evaluation.SiameseScorer(best, views=2, symmetries=1)(tasks)[:20], atol=1e-5
+    )
+    assert not np.allclose(tta, evaluation.SiameseScorer(best, views=2)(tasks)[:20], atol=1e-3)
+
+
+def test_export_command_refuses_too_few_views(trained_run, run_python, tmp_path):
+    _, run_dir, _, _ = trained_run
+    result = run_python(
+        "-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path / "out", "--tta-views", "1"
+    )
+    assert result.returncode != 0
+    assert "tta_views must be at least 2, got 1" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_command_without_a_model(run_python, tmp_path):
+    result = run_python("-m", "keras_siamese.export", tmp_path, "--export-dir", tmp_path / "out")
+    assert result.returncode != 0
+    assert f"no model at {tmp_path / 'best.keras'}" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_saved_model_cli_shows_the_signatures(model, run_python, tmp_path):
+    target = export.export_saved_model(model, tmp_path, "siamese")
+    cli = pathlib.Path(sys.executable).parent / "saved_model_cli"  # installed with TensorFlow
+    result = run_python(cli, "show", "--dir", target, "--all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in export.SIGNATURES:
+        assert f"signature_def['{name}']" in result.stdout
+    for tensor in ("left", "right", "images", "queries", "support"):
+        assert f"inputs['{tensor}']" in result.stdout
+    for tensor in ("probability", "embedding", "scores", "best"):
+        assert f"outputs['{tensor}']" in result.stdout
+
+
+def test_lake_runs_through_the_png_signature_match_the_offline_evaluation(
+    trained_run, lake_runs, tmp_path
+):
+    """Lake's 400 trials sent as the zip's own PNG files score exactly as offline."""
+    _, _, model, _ = trained_run
+    target = export.export_saved_model(model, tmp_path, "siamese")
+    tasks = evaluation.lake_tasks(lake_runs)
+    offline = evaluation.SiameseScorer(model)(tasks)
+    served = evaluation.saved_model_lake_scores(target, lake_runs)
+    np.testing.assert_allclose(served, offline, atol=1e-5)
+    assert evaluation.accuracy(served, tasks) == evaluation.accuracy(offline, tasks)
+
+
+def test_test_time_augmentation_signature_matches_the_offline_scorer(
+    trained_run, lake_runs, tmp_path
+):
+    """``one_shot_tta`` averages the same fixed views as ``SiameseScorer(views=...)``."""
+    _, _, model, _ = trained_run
+    target = export.export_saved_model(model, tmp_path, "siamese", views=4)
+    tasks = evaluation.lake_tasks(lake_runs)
+    offline = evaluation.SiameseScorer(model, views=4)(tasks)
+    served = evaluation.saved_model_lake_scores(target, lake_runs, augmented=True)
+    np.testing.assert_allclose(served, offline, atol=1e-5)
+    assert not np.allclose(served, evaluation.SiameseScorer(model)(tasks), atol=1e-3)
+    # Pixel arrays through one_shot_tta score as the files do.
+    signatures = tf.saved_model.load(str(target)).signatures
+    pixels = signatures["one_shot_tta"](
+        queries=lake_runs.test[0].astype(np.float32),
+        support=lake_runs.training[0].astype(np.float32),
+    )
+    np.testing.assert_allclose(pixels["scores"].numpy(), offline[:20], atol=1e-5)
+    np.testing.assert_array_equal(pixels["best"].numpy(), np.argmax(offline[:20], axis=1))
+
+
+def test_an_ensemble_exports_with_the_same_signatures(small_config, lake_runs, tmp_path):
+    """An ensemble's SavedModel serves the mean of its members, as the offline scorer does."""
+    members = [build_siamese(small_config(paper_init=False)) for _ in range(2)]
+    rng = np.random.default_rng(2)
+    x = {side: rng.integers(0, 256, (3, 105, 105, 1)).astype(np.float32) for side in ("left", "right")}
+    expected = np.mean([keras_probabilities(m, x) for m in members], axis=0)
+    ensemble = build_ensemble(members)
+    target = export.export_saved_model(ensemble, tmp_path, "siamese", views=3)
+    signatures = tf.saved_model.load(str(target)).signatures
+    assert sorted(signatures) == sorted(export.SIGNATURES)
+    served = signatures["serving_default"](left=tf.constant(x["left"]), right=tf.constant(x["right"]))
+    np.testing.assert_allclose(served["probability"].numpy(), expected, atol=1e-6)
+    embedding = signatures["embed"](images=tf.constant(x["left"]))["embedding"]
+    assert embedding.shape == (3, 2 * small_config().dense_units)
+    tasks = evaluation.lake_tasks(lake_runs)
+    for augmented, views in ((False, 1), (True, 3)):
+        offline = evaluation.SiameseScorer(ensemble, views=views)(tasks)
+        online = evaluation.saved_model_lake_scores(target, lake_runs, augmented=augmented)
+        np.testing.assert_allclose(online, offline, atol=1e-5)
+        assert evaluation.accuracy(online, tasks) == evaluation.accuracy(offline, tasks)

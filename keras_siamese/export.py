@@ -22,24 +22,43 @@ and compares the embeddings with the head, ``Q + K`` twin passes instead of ``2 
 is exported with its weights in the dtype they compute in (:func:`serving_copy`): the same
 scores, without a cast on every call and in half the bytes (docs/benchmarks.md, "Serving copy of
 bfloat16 weights"). docs/serving.md, "The SavedModel", describes the result.
+
+Every signature holds a request to :class:`ExportLimits` in the graph itself (image sizes read
+from file headers before decoding, image counts, ``Q * K``, finite pixels), so the limits hold
+under TF Serving too; the ``limits`` signature and ``assets.extra/limits.json`` tell clients
+what they are (docs/serving.md, "Limits"). A model with non-finite weights or scores is not
+exported, and staging folders left by interrupted exports are removed (:func:`stale_staging`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import keras_siamese  # noqa: F401  (registers the custom layer and optimiser for load_model)
 from keras_siamese.augmentation import transform, tta_transforms
 from keras_siamese.config import TTA_SYMMETRIES, TTA_VIEWS, add_tta_arguments, check_tta
 from keras_siamese.model import head_of, load_models, siamese_members, twin_of
-from keras_siamese.preprocessing import decode_images, to_model_input
+from keras_siamese.preprocessing import (
+    DEFAULT_MAX_PIXELS,
+    _text,
+    check_images,
+    decode_images,
+    to_model_input,
+)
 
 SIGNATURES = (
     "serving_default",
@@ -50,7 +69,44 @@ SIGNATURES = (
     "one_shot_encoded",
     "one_shot_tta",
     "one_shot_tta_encoded",
+    "limits",
 )
+
+# A staging folder not modified for this long is stale whoever wrote it; exports take seconds.
+STALE_AFTER_SECONDS = 3600
+
+# Staging folders are named .tmp-<pid>-<random hex>-<host>: an export can tell its own host's
+# leftovers (their process is gone) from exports in progress.
+_STAGING = re.compile(r"^\.tmp-(\d+)-([0-9a-f]{32})-(.+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportLimits:
+    """The most work one request may ask of the SavedModel; checked in its graph.
+
+    Each limit holds wherever the SavedModel runs (TF Serving, the local server,
+    ``tf.saved_model.load``): a request over one fails with ``InvalidArgumentError``
+    (HTTP 400, gRPC INVALID_ARGUMENT) naming it, before the work is done.
+    docs/serving.md, "Limits", gives the reasons for the defaults.
+
+    Attributes:
+        max_pixels: pixels (height x width) of one image: what a file's header
+            declares, or the ``H * W`` of a float input.
+        max_images: images in one input (``N`` of ``left``, ``right`` and ``images``;
+            ``Q`` and ``K`` of ``queries`` and ``support``).
+        max_pairs: ``Q * K`` of a ``one_shot`` request, the size of its
+            ``(Q, K, d)`` comparison.
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_images: int = 256
+    max_pairs: int = 16_384
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field.name} must be a positive integer, got {value!r}")
 
 
 def _images(name: str) -> tf.TensorSpec:
@@ -101,9 +157,14 @@ def serving_copy(model: keras.Model) -> keras.Model:
 
 
 def _build_module(
-    model: keras.Model, views: int = TTA_VIEWS, symmetries: int = TTA_SYMMETRIES, seed: int = 0
+    model: keras.Model,
+    views: int = TTA_VIEWS,
+    symmetries: int = TTA_SYMMETRIES,
+    seed: int = 0,
+    limits: ExportLimits = ExportLimits(),
 ) -> tuple[tf.Module, dict]:
-    """A ``tf.Module`` with the serving endpoints of ``model`` (a Siamese model or an ensemble)."""
+    """A ``tf.Module`` with the serving endpoints of ``model`` (a Siamese model or an ensemble),
+    each refusing requests over ``limits``."""
     model = serving_copy(model)
     size = model.input["left"].shape[1]
     query_rows, support_rows = tta_transforms(views, size, seed, symmetries=symmetries)
@@ -159,45 +220,86 @@ def _build_module(
         scores = tf.reduce_mean(per_view, axis=0)
         return {"scores": scores, "best": tf.argmax(scores, axis=1, output_type=tf.int32)}
 
+    # The limits are checked before the work they bound: counts before any image is
+    # decoded or embedded, sizes before any pixel is decoded or resized.
+    def counted(*named):
+        checks = []
+        for name, x in named:
+            n = tf.shape(x, out_type=tf.int64)[0]
+            message = _text(
+                name, ": ", n, f" images, over the export limit max_images={limits.max_images}"
+            )
+            checks.append(tf.debugging.Assert(n <= limits.max_images, [message]))
+        if len(named) == 2 and named[0][0] == "queries":
+            q, k = (tf.shape(x, out_type=tf.int64)[0] for _, x in named)
+            message = _text(
+                q, " queries x ", k, " support images = ", q * k,
+                f" pairs, over the export limit max_pairs={limits.max_pairs}",
+            )  # fmt: skip
+            checks.append(tf.debugging.Assert(q * k <= limits.max_pairs, [message]))
+        with tf.control_dependencies(checks):
+            return [tf.identity(x) for _, x in named]
+
+    def pixels(**named):
+        # Float images: counted, then no larger than max_pixels and finite, then preprocessed.
+        return [
+            to_model_input(check_images(x, limits.max_pixels, name), size)
+            for name, x in zip(named, counted(*named.items()))
+        ]
+
+    def files(**named):
+        return [
+            decode_images(x, size, limits.max_pixels, name)
+            for name, x in zip(named, counted(*named.items()))
+        ]
+
     @tf.function(input_signature=[_images("left"), _images("right")])
     def serving_default(left, right):
         """Same-character probability of each (left, right) pair of images."""
-        return pair(to_model_input(left, size), to_model_input(right, size))
+        return pair(*pixels(left=left, right=right))
 
     @tf.function(input_signature=[_encoded("left"), _encoded("right")])
     def pair_encoded(left, right):
         """Same-character probability of each (left, right) pair of image files."""
-        return pair(decode_images(left, size), decode_images(right, size))
+        return pair(*files(left=left, right=right))
 
     @tf.function(input_signature=[_images("images")])
     def embed(images):
         """The twin network's feature vector of each image."""
-        return {"embedding": embed_inputs(to_model_input(images, size))}
+        return {"embedding": embed_inputs(*pixels(images=images))}
 
     @tf.function(input_signature=[_encoded("images")])
     def embed_encoded(images):
         """The twin network's feature vector of each image file."""
-        return {"embedding": embed_inputs(decode_images(images, size))}
+        return {"embedding": embed_inputs(*files(images=images))}
 
     @tf.function(input_signature=[_images("queries"), _images("support")])
     def one_shot_(queries, support):
         """Scores of each query against each support image, and the best one."""
-        return one_shot(to_model_input(queries, size), to_model_input(support, size))
+        return one_shot(*pixels(queries=queries, support=support))
 
     @tf.function(input_signature=[_encoded("queries"), _encoded("support")])
     def one_shot_encoded(queries, support):
         """``one_shot`` for image files."""
-        return one_shot(decode_images(queries, size), decode_images(support, size))
+        return one_shot(*files(queries=queries, support=support))
 
     @tf.function(input_signature=[_images("queries"), _images("support")])
     def one_shot_tta_(queries, support):
         """``one_shot`` with test-time augmentation: scores averaged over fixed views."""
-        return one_shot_tta(to_model_input(queries, size), to_model_input(support, size))
+        return one_shot_tta(*pixels(queries=queries, support=support))
 
     @tf.function(input_signature=[_encoded("queries"), _encoded("support")])
     def one_shot_tta_encoded(queries, support):
         """``one_shot_tta`` for image files."""
-        return one_shot_tta(decode_images(queries, size), decode_images(support, size))
+        return one_shot_tta(*files(queries=queries, support=support))
+
+    @tf.function(input_signature=[])
+    def limits_():
+        """The limits this SavedModel holds every request to (``ExportLimits``)."""
+        return {
+            field.name: tf.constant(getattr(limits, field.name), tf.int64)
+            for field in dataclasses.fields(limits)
+        }
 
     signatures = {
         "serving_default": serving_default,
@@ -208,6 +310,7 @@ def _build_module(
         "one_shot_encoded": one_shot_encoded,
         "one_shot_tta": one_shot_tta_,
         "one_shot_tta_encoded": one_shot_tta_encoded,
+        "limits": limits_,
     }
     for name, function in signatures.items():
         setattr(module, name, function)
@@ -227,6 +330,96 @@ def next_version(model_dir: str | Path) -> int:
     return (versions(model_dir) or [0])[-1] + 1
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _last_modified(folder: Path) -> float:
+    """The latest modification time of ``folder`` or anything in it."""
+    times = [folder.stat().st_mtime]
+    for root, dirs, names in os.walk(folder):
+        for entry in dirs + names:
+            try:
+                times.append(os.stat(os.path.join(root, entry), follow_symlinks=False).st_mtime)
+            except FileNotFoundError:  # removed meanwhile
+                pass
+    return max(times)
+
+
+def stale_staging(model_dir: str | Path, now: float | None = None) -> list[Path]:
+    """The staging folders (``.tmp-*``) under ``model_dir`` that no export is writing.
+
+    A folder written on this host is stale once the process named in it has
+    ended. Any staging folder, whatever its name or host, is stale once nothing in it
+    has changed for ``STALE_AFTER_SECONDS`` (a host's process ids can be reused, and
+    another host's cannot be checked).
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    stale = []
+    for folder in sorted(model_dir.glob(".tmp-*")):
+        match = _STAGING.match(folder.name)
+        try:
+            ended = match and match[3] == host and not _process_alive(int(match[1]))
+            if ended or now - _last_modified(folder) > STALE_AFTER_SECONDS:
+                stale.append(folder)
+        except FileNotFoundError:  # finished or removed meanwhile
+            pass
+    return stale
+
+
+def remove_stale_staging(model_dir: str | Path) -> list[Path]:
+    """Removes the stale staging folders under ``model_dir`` (:func:`stale_staging`);
+    returns them."""
+    stale = stale_staging(model_dir)
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
+def _check_weights(model: keras.Model) -> None:
+    """Raises ValueError naming the first weight of ``model`` that holds NaN or infinity."""
+    for variable in model.variables:
+        if not np.issubdtype(np.dtype(variable.dtype), np.floating):
+            continue
+        values = np.asarray(variable.numpy(), np.float32)
+        if not np.all(np.isfinite(values)):
+            bad = "NaN" if np.isnan(values).any() else "infinite values"
+            raise ValueError(
+                f"refusing to export: weight {variable.path} holds {bad} "
+                f"({int(np.sum(~np.isfinite(values)))} of {values.size})"
+            )
+
+
+def _probe(signatures: dict, image_size: int, limits: ExportLimits) -> None:
+    """Runs ``one_shot`` on blank and random images, one pair a call (within any limits);
+    raises ValueError unless every score is a finite probability."""
+    side = min(image_size, math.isqrt(limits.max_pixels))
+    rng = np.random.default_rng(0)
+    images = [np.full((1, side, side, 1), 255.0, np.float32)] + [
+        rng.integers(0, 256, (1, side, side, 1)).astype(np.float32) for _ in range(2)
+    ]
+    scores = [
+        float(signatures["one_shot"](queries=q, support=s)["scores"].numpy()[0, 0])
+        for q in images
+        for s in images
+    ]
+    if not all(0.0 <= score <= 1.0 for score in scores):  # False for NaN
+        raise ValueError(
+            "refusing to export: the model's one_shot scores of blank and random images are "
+            f"not probabilities in [0, 1]: {scores}"
+        )
+
+
 def export_saved_model(
     model: keras.Model,
     export_dir: str | Path = "saved_models",
@@ -234,8 +427,14 @@ def export_saved_model(
     version: int | None = None,
     views: int = TTA_VIEWS,
     symmetries: int = TTA_SYMMETRIES,
+    limits: ExportLimits = ExportLimits(),
 ) -> Path:
     """Writes ``model`` as ``<export_dir>/<name>/<version>/`` atomically.
+
+    Before writing, the model is checked: a weight holding NaN or infinity, or
+    scores of blank and random images that are not probabilities, refuse the
+    export and nothing is written. Staging folders that earlier exports left
+    behind (:func:`stale_staging`) are removed.
 
     Args:
         model: a Siamese model from ``build_siamese`` (trained or not).
@@ -245,23 +444,34 @@ def export_saved_model(
         views: views averaged by the ``one_shot_tta`` signatures.
         symmetries: the symmetries those views cycle through (1, 4 or 8;
             ``augmentation.view_transforms``).
+        limits: the most work one request may ask (:class:`ExportLimits`); the
+            ``limits`` signature and ``assets.extra/limits.json`` record them.
 
     Returns:
         The folder of the new version.
 
     Raises:
         FileExistsError: ``version`` is given and already exported.
-        ValueError: ``views`` or ``symmetries`` out of range (``config.check_tta``).
+        ValueError: ``views`` or ``symmetries`` out of range (``config.check_tta``), or
+            the model has non-finite weights or scores.
     """
     check_tta(views, symmetries)
+    _check_weights(model)
     model_dir = Path(export_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(model_dir)
     if version is not None and (model_dir / str(version)).exists():
         raise FileExistsError(f"{model_dir / str(version)} already exists")
-    module, signatures = _build_module(model, views, symmetries)
-    staging = model_dir / f".tmp-{uuid.uuid4().hex}"
+    module, signatures = _build_module(model, views, symmetries, limits=limits)
+    _probe(signatures, model.input["left"].shape[1], limits)
+    staging = model_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{socket.gethostname()}"
     try:
         tf.saved_model.save(module, str(staging), signatures=signatures)
+        # assets.extra is for the SavedModel's users; TF Serving does not read it.
+        (staging / "assets.extra").mkdir(exist_ok=True)
+        (staging / "assets.extra" / "limits.json").write_text(
+            json.dumps(dataclasses.asdict(limits), indent=2) + "\n"
+        )
         while True:
             target = model_dir / str(version if version is not None else next_version(model_dir))
             try:
@@ -291,14 +501,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="siamese", help="model name (default: %(default)s)")
     parser.add_argument("--version", type=int, default=None, help="version (default: next)")
     add_tta_arguments(parser)
+    defaults = ExportLimits()
+    for field in dataclasses.fields(ExportLimits):
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=int,
+            default=getattr(defaults, field.name),
+            help=f"refuse requests over this {field.name} (default: %(default)s; "
+            "docs/serving.md, Limits)",
+        )
     args = parser.parse_args(argv)
+    try:
+        limits = ExportLimits(args.max_pixels, args.max_images, args.max_pairs)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         model = load_models(args.model)
     except FileNotFoundError as error:
         parser.error(str(error))
-    target = export_saved_model(
-        model, args.export_dir, args.name, args.version, args.tta_views, args.tta_symmetries
-    )
+    try:
+        target = export_saved_model(
+            model, args.export_dir, args.name, args.version, args.tta_views,
+            args.tta_symmetries, limits,
+        )  # fmt: skip
+    except ValueError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(f"Exported {' + '.join(args.model)} to {target}")
 
 

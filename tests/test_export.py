@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+import socket
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -95,6 +101,7 @@ def test_signatures_and_their_named_inputs_and_outputs(model, exported):
         "one_shot_encoded": ({"queries": tf.string, "support": tf.string}, ["best", "scores"]),
         "one_shot_tta": ({"queries": tf.float32, "support": tf.float32}, ["best", "scores"]),
         "one_shot_tta_encoded": ({"queries": tf.string, "support": tf.string}, ["best", "scores"]),
+        "limits": ({}, ["max_images", "max_pairs", "max_pixels"]),
     }
     for name, (inputs, outputs) in expected.items():
         specs = signatures[name].structured_input_signature[1]
@@ -198,3 +205,116 @@ def test_mixed_precision_export_holds_the_bfloat16_weights_once(small_config, pa
     # A float32 model has nothing to cast: it is exported as it is.
     float32_model = build_siamese(small_config())
     assert export.serving_copy(float32_model) is float32_model
+
+
+# --- Limits, refusals and staging folders ---------------------------------------------------
+
+LIMITS = export.ExportLimits(max_pixels=64 * 64, max_images=4, max_pairs=6)
+
+
+@pytest.fixture(scope="module")
+def limited(model, tmp_path_factory) -> pathlib.Path:
+    """``model`` exported with small limits, for the tests that only read the SavedModel."""
+    return export.export_saved_model(
+        model, tmp_path_factory.mktemp("limited"), "siamese", views=2, limits=LIMITS
+    )
+
+
+def test_default_limits_and_their_signature(exported):
+    assert export.ExportLimits() == export.ExportLimits(2048 * 2048, 256, 16_384)
+    served = tf.saved_model.load(str(exported)).signatures["limits"]()
+    assert {k: int(v.numpy()) for k, v in served.items()} == {
+        "max_pixels": 2048 * 2048, "max_images": 256, "max_pairs": 16_384
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="max_images must be a positive integer, got 0"):
+        export.ExportLimits(max_images=0)
+
+
+def test_limits_round_trip_through_the_export(limited):
+    served = tf.saved_model.load(str(limited)).signatures["limits"]()
+    assert {k: (v.dtype, int(v.numpy())) for k, v in served.items()} == {
+        "max_pixels": (tf.int64, 4096), "max_images": (tf.int64, 4), "max_pairs": (tf.int64, 6)
+    }  # fmt: skip
+    recorded = json.loads((limited / "assets.extra" / "limits.json").read_text())
+    assert recorded == {"max_pixels": 4096, "max_images": 4, "max_pairs": 6}
+
+
+def test_requests_over_the_limits_are_refused_with_the_limit_named(limited):
+    signatures = tf.saved_model.load(str(limited)).signatures
+    blank = np.full((5, 64, 64, 1), 255.0, np.float32)
+    png = _png(np.full((64, 64, 1), 255, np.uint8))
+
+    def refused(match, name, **inputs):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+            signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+
+    refused(r"images: 5 images, over the export limit max_images=4", "embed", images=blank)
+    refused(r"images: 5 images, over the export limit max_images=4", "embed_encoded", images=[png] * 5)
+    refused(r"right: 5 images, over the export limit max_images=4", "serving_default", left=blank[:4], right=blank)
+    refused(r"left: 5 images", "pair_encoded", left=[png] * 5, right=[png] * 5)
+    for name, q, s in (("one_shot", blank[:3], blank[:3]), ("one_shot_tta_encoded", [png] * 3, [png] * 3)):
+        refused(r"3 queries x 3 support images = 9 pairs, over the export limit max_pairs=6", name, queries=q, support=s)
+    # Images larger than max_pixels, as pixels or as a file, and pixels that are not finite.
+    big = np.full((1, 65, 64, 1), 255.0, np.float32)
+    refused(r"left: images of 65x64 = 4160 pixels, over the export limit max_pixels=4096", "serving_default", left=big, right=big)
+    big_png = _png(np.full((65, 64, 1), 255, np.uint8))
+    refused(r"support\[1\] \(PNG\) declares 64x65 = 4160 pixels", "one_shot_encoded", queries=[png], support=[png, big_png])
+    nan = blank[:2].copy()
+    nan[1, 0, 0, 0] = np.nan
+    refused("queries: pixel values must be finite", "one_shot", queries=nan, support=blank[:2])
+    # At the limits, requests are served.
+    assert signatures["one_shot"](queries=blank[:2], support=blank[:3])["scores"].shape == (2, 3)
+    assert signatures["embed_encoded"](images=tf.constant([png] * 4))["embedding"].shape[0] == 4
+
+
+def test_a_model_with_nan_weights_is_not_exported(small_config, tmp_path):
+    model = build_siamese(small_config(paper_init=False))
+    kernel = twin_of(model).get_layer("dense").kernel
+    values = kernel.numpy()
+    values[0, 0] = np.nan
+    kernel.assign(values)
+    with pytest.raises(ValueError, match=r"refusing to export: weight .*dense/kernel holds NaN \(1 of"):
+        export.export_saved_model(model, tmp_path, "siamese", views=2)
+    assert list(tmp_path.rglob("*")) in ([], [tmp_path / "siamese"])  # no version, no .tmp-*
+
+
+def test_a_model_whose_scores_are_not_probabilities_is_not_exported(small_config, tmp_path):
+    # Finite weights so large that the first convolution overflows to inf on any ink, and the
+    # second's mixed signs then give inf - inf: NaN.
+    model = build_siamese(small_config(paper_init=False))
+    twin = twin_of(model)
+    first, second = twin.get_layer("conv1").kernel, twin.get_layer("conv2").kernel
+    first.assign(np.full(first.shape, 3e38, np.float32))
+    second.assign(np.resize([1.0, -1.0], second.shape).astype(np.float32))
+    with pytest.raises(ValueError, match="refusing to export: the model's one_shot scores"):
+        export.export_saved_model(model, tmp_path, "siamese", views=2)
+    assert list(tmp_path.rglob("*")) in ([], [tmp_path / "siamese"])  # no version, no .tmp-*
+
+
+def test_stale_staging_folders_are_removed_and_live_ones_kept(model, tmp_path):
+    model_dir = tmp_path / "siamese"
+    host = socket.gethostname()
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
+    dead_pid = int(ended.stdout)
+    folders = {
+        "dead": model_dir / f".tmp-{dead_pid}-{'a' * 32}-{host}",  # its process has ended
+        "live": model_dir / f".tmp-{os.getpid()}-{'b' * 32}-{host}",  # this process: in progress
+        "other host": model_dir / f".tmp-{dead_pid}-{'c' * 32}-elsewhere",  # cannot be checked
+        "old name": model_dir / ".tmp-0123",  # recent, so it may still be written
+        "old": model_dir / ".tmp-0456",  # untouched for longer than STALE_AFTER_SECONDS
+    }
+    for folder in folders.values():
+        (folder / "variables").mkdir(parents=True)
+        (folder / "variables" / "variables.index").write_bytes(b"partial")
+    long_ago = time.time() - export.STALE_AFTER_SECONDS - 60
+    for path in (folders["old"] / "variables" / "variables.index", folders["old"] / "variables", folders["old"]):
+        os.utime(path, (long_ago, long_ago))
+    assert export.stale_staging(model_dir) == sorted([folders["dead"], folders["old"]])
+    assert export.versions(model_dir) == [] and export.next_version(model_dir) == 1
+    target = export.export_saved_model(model, tmp_path, "siamese", views=2)
+    assert target == model_dir / "1"
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(
+        ["1", folders["live"].name, folders["other host"].name, folders["old name"].name]
+    )

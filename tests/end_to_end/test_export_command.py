@@ -90,10 +90,14 @@ def test_export_command_on_a_run_folder(trained_run, lake_runs, run_python, tmp_
     _, run_dir, _, _ = trained_run
     result = run_python(
         "-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path, "--name", "omniglot",
-        "--tta-views", "2", "--tta-symmetries", "1",
+        "--tta-views", "2", "--tta-symmetries", "1", "--max-images", "64", "--max-pairs", "400",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     target = tmp_path / "omniglot" / "1"
+    limits = tf.saved_model.load(str(target)).signatures["limits"]()
+    assert {k: int(v) for k, v in limits.items()} == {
+        "max_pixels": export.ExportLimits().max_pixels, "max_images": 64, "max_pairs": 400
+    }  # fmt: skip
     assert str(target) in result.stdout
     assert export.versions(tmp_path / "omniglot") == [1]
     best = keras.models.load_model(run_dir / "best.keras")
@@ -123,6 +127,16 @@ def test_export_command_refuses_too_few_views(trained_run, run_python, tmp_path)
     )
     assert result.returncode != 0
     assert "tta_views must be at least 2, got 1" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_command_refuses_a_limit_below_one(trained_run, run_python, tmp_path):
+    _, run_dir, _, _ = trained_run
+    result = run_python(
+        "-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path / "out", "--max-pairs", "0"
+    )
+    assert result.returncode != 0
+    assert "max_pairs must be a positive integer, got 0" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

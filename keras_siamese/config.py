@@ -10,10 +10,92 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 PAIR_SAMPLING = ("random", "all", "alphabet")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting may take: finite, and within the given bounds.
+
+    ``above``/``below`` exclude the bound, ``at_least``/``at_most`` include it.
+    """
+
+    kind: type = float
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+
+    def check(self, name: str, value: Any) -> None:
+        """Raises ValueError, naming the setting, unless ``value`` is within bounds."""
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        checks = (
+            (self.at_least, value >= (self.at_least or 0), "at least"),
+            (self.above, value > (self.above or 0), "above"),
+            (self.at_most, value <= (self.at_most or 0), "at most"),
+            (self.below, value < (self.below or 0), "below"),
+        )
+        for bound, ok, words in checks:
+            if bound is not None and not ok:
+                raise ValueError(f"{name} must be {words} {bound:g}, got {value:g}")
+
+    def parser(self, name: str) -> Callable[[str], int | float]:
+        """An argparse ``type``: the number in the text if it is within bounds, else
+        argparse's usage error naming the setting."""
+
+        def parse(text: str) -> int | float:
+            try:
+                value = self.kind(text)
+                self.check(name, value)
+            except ValueError as error:
+                message = str(error) if name in str(error) else f"{name}: not a number: {text!r}"
+                raise argparse.ArgumentTypeError(message) from None
+            return value
+
+        return parse
+
+
+# The range of every numeric setting, checked when a configuration is made (including from a
+# config.json) and when the command line is parsed.
+BOUNDS: dict[str, Bounds] = {
+    "image_size": Bounds(int, at_least=8),
+    "dense_units": Bounds(int, at_least=1),
+    "seed": Bounds(int, at_least=0),
+    "train_drawers": Bounds(int, at_least=1, at_most=20),
+    "batch_size": Bounds(int, at_least=2),
+    "batch_alphabets": Bounds(int, at_least=1),
+    "batch_characters": Bounds(int, at_least=1),
+    "batch_drawers": Bounds(int, at_least=2),
+    "steps_per_epoch": Bounds(int, at_least=1),
+    "epochs": Bounds(int, at_least=1),
+    "patience": Bounds(int, at_least=1),
+    "learning_rate": Bounds(float, above=0),
+    "lr_decay": Bounds(float, above=0, at_most=1),
+    "momentum_ramp_epochs": Bounds(int, at_least=1),
+    "ema_momentum": Bounds(float, above=0, below=1),
+    "within_alphabet": Bounds(float, at_least=0, at_most=1),
+    "distortion_strength": Bounds(float, at_least=0),
+    "val_tasks": Bounds(int, at_least=1),
+    "way": Bounds(int, at_least=2),
+    "val_pair_steps": Bounds(int, at_least=1),
+    "max_minutes": Bounds(float, at_least=0),
+    "members": Bounds(int, at_least=1),
+}
+
+
+def _check_bounds(config: Any) -> None:
+    """Checks each field of ``config`` that has ``BOUNDS`` (None means unset and passes)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name in BOUNDS and value is not None:
+            BOUNDS[field.name].check(field.name, value)
 
 # Views averaged by test-time augmentation, and the symmetries they cycle through (the
 # images as they are, turned, mirrored: ``augmentation.symmetry_transforms``). These are the
@@ -58,6 +140,9 @@ class ModelConfig:
     mixed_precision: bool = False
 
     def __post_init__(self):
+        _check_bounds(self)
+        for i, n in enumerate(self.filters):
+            BOUNDS["dense_units"].check(f"filters[{i}]", n)
         if len(self.filters) != len(self.kernel_sizes):
             raise ValueError("filters and kernel_sizes must have the same length")
         if len(self.l2) != len(self.filters) + 2:
@@ -168,12 +253,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.pair_sampling not in PAIR_SAMPLING:
             raise ValueError(f"pair_sampling must be one of {PAIR_SAMPLING}, got {self.pair_sampling!r}")
-        if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
-            raise ValueError(f"ema_momentum must be in (0, 1) or None, got {self.ema_momentum}")
-        if self.distortion_strength < 0:
-            raise ValueError(f"distortion_strength must be at least 0, got {self.distortion_strength}")
-        if self.members < 1:
-            raise ValueError(f"members must be at least 1, got {self.members}")
+        _check_bounds(self)
         check_tta(self.tta_views, self.tta_symmetries)
 
     def replace(self, **changes: Any) -> "TrainConfig":

@@ -65,14 +65,15 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.monotonic()
 
     from keras_siamese.reporting import (
-        ensemble_report, evaluate_and_export, load_data, summary, write_metrics,
+        RefusedModelError, check_trained, ensemble_report, evaluate_and_export, load_data,
+        summary, write_metrics,
     )
     from keras_siamese.model import build_ensemble, load_trained
 
     try:
         members = [load_trained(path) for path in args.members]
         ensemble = build_ensemble(members)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError) as error:  # files.UnreadableFileError is a ValueError
         raise SystemExit(f"error: {error}") from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.output or Path(args.runs_dir) / f"{stamp}-ensemble-of-{len(members)}")
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = ensemble_report(
         ensemble, args.members, splits["validation"], out, val_tasks=args.val_tasks, seed=args.seed
     )
+    try:
+        check_trained(ensemble, metrics["val_one_shot_accuracy"], way=20, tasks=args.val_tasks)
+    except RefusedModelError as error:
+        raise SystemExit(f"error: {error}") from None
     metrics.update(
         evaluate_and_export(
             ensemble, splits, runs, out, way=20, seed=args.seed,

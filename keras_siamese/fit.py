@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from keras_siamese.config import (
-    DEFAULT_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig, add_tta_arguments,
+    BOUNDS, DEFAULT_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig, add_tta_arguments,
 )
 
 
@@ -66,18 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
         "seed", "epochs", "steps_per_epoch", "batch_size", "patience", "image_size", "train_drawers",
         "dense_units",
     ):
-        over.add_argument(f"--{field.replace('_', '-')}", type=int, default=None)
-    over.add_argument("--val-tasks", type=int, default=None,
+        over.add_argument(f"--{field.replace('_', '-')}", type=_checked(field), default=None)
+    over.add_argument("--val-tasks", type=_checked("val_tasks"), default=None,
                       help="one-shot validation tasks each epoch, on which the best epoch is kept "
                       "(the paper: 320)")
-    over.add_argument("--filters", type=int, nargs="+", default=None, metavar="N",
+    over.add_argument("--filters", type=_checked("filters"), nargs="+", default=None, metavar="N",
                       help="output channels of each convolution (as many as the preset has)")
     for field in ("learning_rate", "lr_decay", "within_alphabet", "ema_momentum"):
-        over.add_argument(f"--{field.replace('_', '-')}", type=float, default=None)
-    over.add_argument("--max-minutes", type=float, default=None,
+        over.add_argument(f"--{field.replace('_', '-')}", type=_checked(field), default=None)
+    over.add_argument("--max-minutes", type=_checked("max_minutes"), default=None,
                       help="end training within this many minutes: no epoch starts that "
                       "might end past it (0: no limit)")
-    over.add_argument("--members", type=int, default=None,
+    over.add_argument("--members", type=_checked("members"), default=None,
                       help="train this many networks (seeds --seed, --seed + 1, ...) one after "
                       "another and score with their mean: an ensemble")
     over.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="batch normalisation after each convolution")
     over.add_argument("--distort", action=argparse.BooleanOptionalAction, default=None,
                       help="the paper's affine distortions of training pairs")
-    over.add_argument("--distortion-strength", type=float, default=None,
+    over.add_argument("--distortion-strength", type=_checked("distortion_strength"), default=None,
                       help="multiplies the distortions' ranges (rotation, shear, scale's distance "
                       "from 1, translation; 1: the paper's)")
     over.add_argument("--quarter-turns", action=argparse.BooleanOptionalAction, default=None,
@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "characters to tell apart)")
     add_tta_arguments(over, overrides=True)
     return parser
+
+
+def _checked(field: str):
+    """The argparse type of a numeric option: its ``config.BOUNDS``, checked as it is parsed."""
+    bounds = BOUNDS["dense_units" if field == "filters" else field]
+    return bounds.parser(field.replace("_", "-"))
 
 
 # The ModelConfig fields that have a command-line override.
@@ -136,7 +142,13 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
             raise SystemExit(f"--resume: no config.json in {run_dir}")
         if overrides:
             raise SystemExit("--resume takes the run's own config.json; drop the overrides")
-        return TrainConfig.load(config_path), run_dir
+        try:
+            return TrainConfig.load(config_path), run_dir
+        except (ValueError, TypeError, KeyError) as error:  # truncated, edited or foreign
+            raise SystemExit(
+                f"error: --resume: {config_path} is not a readable run configuration ({error}); "
+                "restore it, or start a new run"
+            ) from None
     from keras_siamese.hardware import adapt_to_machine
 
     try:
@@ -153,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config, run_dir = resolve_config(args)
     from keras_siamese.reporting import (
-        evaluate_and_export, load_data, summary, train_and_report, write_metrics,
+        RefusedModelError, check_trained, evaluate_and_export, load_data, summary,
+        train_and_report, write_metrics,
     )
 
     started = time.monotonic()
@@ -164,6 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
     splits, runs = load_data(args.data_dir, args.tfds_dir, config.train_drawers)
 
     model, trained = train_and_report(config, splits, run_dir)
+    best_val = trained.get("best_val_one_shot_accuracy", trained.get("val_one_shot_accuracy"))
+    try:
+        check_trained(model, best_val, config.way, config.val_tasks)
+    except RefusedModelError as error:
+        raise SystemExit(f"error: {error} The run folder keeps what was trained: {run_dir}") from None
 
     metrics = evaluate_and_export(
         model, splits, runs, run_dir, way=config.way, seed=config.seed,

@@ -357,13 +357,14 @@ def load_trained(path: str | Path) -> keras.Model:
 
     Raises:
         FileNotFoundError: there is no such file.
+        files.UnreadableFileError: the file is truncated or corrupt.
     """
+    from keras_siamese import files
+
     path = Path(path)
     if path.is_dir():
         path = path / "best.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}")
-    return keras.models.load_model(path)
+    return files.load_keras_model(path)
 
 
 def load_models(paths: Sequence[str | Path]) -> keras.Model:

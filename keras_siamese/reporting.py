@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from keras_siamese import files
 from keras_siamese.config import TTA_SYMMETRIES, TTA_VIEWS, TrainConfig
 
 if TYPE_CHECKING:  # annotations only
@@ -89,9 +90,10 @@ def ensemble_report(
     """
     from keras_siamese import evaluation
 
-    ensemble.save(Path(folder) / "best.keras")
-    (Path(folder) / "members.json").write_text(
-        json.dumps([str(Path(source).resolve()) for source in sources], indent=2)
+    files.save_model_atomically(ensemble, Path(folder) / "best.keras")
+    files.write_text_atomically(
+        Path(folder) / "members.json",
+        json.dumps([str(Path(source).resolve()) for source in sources], indent=2),
     )
     tasks = evaluation.within_alphabet_tasks(validation, val_tasks, seed=seed + 2)
     val, members_val = evaluation.ensemble_accuracy(ensemble, tasks)
@@ -115,7 +117,7 @@ def evaluate_and_export(
     report and in the export's ``one_shot_tta`` signatures, averages
     ``tta_views`` views cycling through ``tta_symmetries`` symmetries.
     """
-    from keras_siamese import data, evaluation, export, plots
+    from keras_siamese import data, evaluation, plots
 
     try:
         mnist = data.load_mnist_test()
@@ -131,8 +133,8 @@ def evaluate_and_export(
         lake, evaluation.SiameseScorer(model)(lake), path=Path(run_dir) / "one_shot_tasks.png"
     )
     if export_dir is not None:
-        target = export.export_saved_model(
-            model, export_dir, model_name, views=tta_views, symmetries=tta_symmetries
+        target = export_once(
+            model, Path(run_dir), export_dir, model_name, views=tta_views, symmetries=tta_symmetries
         )
         metrics["saved_model"] = str(target)
         # The headline figures, as a TF Serving client gets them: the exported model,
@@ -141,6 +143,82 @@ def evaluate_and_export(
             scores = evaluation.saved_model_lake_scores(target, runs, augmented=augmented)
             metrics[f"lake_runs_accuracy{key}_saved_model"] = evaluation.accuracy(scores, lake)
     return metrics
+
+
+class RefusedModelError(ValueError):
+    """A trained network that cannot be right, which is therefore neither reported nor exported."""
+
+
+# Fewer validation tasks than this cannot tell a weak network from one at chance.
+MIN_TASKS_TO_JUDGE = 100
+
+
+def check_trained(model: keras.Model, best_val: float | None, way: int, tasks: int) -> None:
+    """Refuses a network that cannot be right before anything is scored or exported.
+
+    A network is at chance when its best one-shot validation accuracy on ``tasks`` tasks is
+    within three standard errors of 1/way, where a network that tells nothing apart scores
+    (on the ``cpu`` presets' 3,200 tasks, under 6.2% for 20-way; the paper's 320, under
+    8.7%). With fewer than ``MIN_TASKS_TO_JUDGE`` tasks only NaN is refused.
+
+    Raises:
+        RefusedModelError: a weight is NaN or infinite (training diverged), the validation
+            accuracy is missing or NaN, or the network is at chance.
+    """
+    import numpy as np
+
+    bad = sum(int(np.size(w) - np.isfinite(np.asarray(w, np.float32)).sum()) for w in model.weights)
+    if bad:
+        raise RefusedModelError(
+            f"the trained network has {bad:,} NaN or infinite weights (training diverged); it is "
+            "not evaluated or exported. Lower --learning-rate, or check the data."
+        )
+    if best_val is None or not np.isfinite(best_val):
+        raise RefusedModelError(
+            f"the one-shot validation accuracy is {best_val}; the network is not evaluated or "
+            "exported."
+        )
+    chance = 1.0 / way
+    at_chance = chance + 3.0 * float(np.sqrt(chance * (1.0 - chance) / tasks))
+    if tasks >= MIN_TASKS_TO_JUDGE and best_val <= at_chance:
+        raise RefusedModelError(
+            f"the best one-shot validation accuracy, {best_val:.1%} on {tasks:,} tasks, is "
+            f"within chance (1/{way}; {at_chance:.1%} at three standard errors); the network is "
+            "not evaluated or exported. Train it longer (--epochs, --steps-per-epoch), or check "
+            "the data."
+        )
+
+
+def export_once(
+    model: keras.Model, run_dir: Path, export_dir: str | Path, model_name: str, **options
+) -> Path:
+    """Exports a run's model as one SavedModel version, however often the run is resumed.
+
+    The version is chosen and recorded in ``run_dir/export.json`` before it is written: a run
+    resumed after its export reuses that version, and one killed mid-export writes the same
+    version again (``export.export_saved_model`` never shows a half-written one).
+    """
+    from keras_siamese import export
+
+    record = run_dir / "export.json"
+    base = Path(export_dir) / model_name
+    planned = None
+    if record.is_file():
+        try:
+            planned = Path(json.loads(record.read_text())["saved_model"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise files.UnreadableFileError(
+                f"{record} is not readable ({error}); delete it to export a new version."
+            ) from None
+        if planned.parent.resolve() == base.resolve() and (planned / "saved_model.pb").is_file():
+            print(f"Already exported as {planned}: no new version.")
+            return planned
+    if planned is None or planned.parent.resolve() != base.resolve() or planned.exists():
+        planned = base / str(export.next_version(base))
+    files.write_text_atomically(record, json.dumps({"saved_model": str(planned)}, indent=2))
+    return export.export_saved_model(
+        model, export_dir, model_name, version=int(planned.name), **options
+    )
 
 
 def write_metrics(metrics: dict, run_dir: Path, started: float) -> None:
@@ -152,7 +230,7 @@ def write_metrics(metrics: dict, run_dir: Path, started: float) -> None:
     # ru_maxrss is in KiB on Linux: the peak resident memory of the whole process.
     metrics["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     metrics["machine"] = describe_machine()
-    (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    files.write_text_atomically(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2))
 
 
 def summary(metrics: dict) -> str:

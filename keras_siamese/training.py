@@ -17,6 +17,9 @@ A run folder holds everything a run produced::
 from __future__ import annotations
 
 import csv
+import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +30,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_siamese import files
 from keras_siamese.augmentation import Distortion
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import OmniglotImages
@@ -129,18 +133,133 @@ class OneShotValidation(keras.callbacks.Callback):
 
 
 class SiameseCheckpoint(keras.callbacks.ModelCheckpoint):
-    """``ModelCheckpoint`` that saves a given model rather than the one being fitted.
+    """``ModelCheckpoint`` that saves a given model rather than the one being fitted, atomically.
 
     With all-pairs training ``fit`` runs on a training view that shares its
     weights with the Siamese model; the checkpoint must still be the Siamese model.
+    Each save goes to a temporary file that is then renamed over ``filepath``
+    (``files.replace_atomically``), so a kill or a full disk mid-save leaves the
+    previous best model whole.
     """
 
     def __init__(self, siamese: keras.Model, filepath, **kwargs):
-        super().__init__(filepath, **kwargs)
+        self.final_path = Path(filepath)
+        files.remove_stale_partials(self.final_path)
+        super().__init__(files.partial_path(self.final_path), **kwargs)
         self.siamese = siamese
 
     def set_model(self, model):
         super().set_model(self.siamese)
+
+    def on_epoch_end(self, epoch, logs=None):
+        partial = Path(self.filepath)
+        super().on_epoch_end(epoch, logs)
+        if partial.exists():
+            files.publish(partial, self.final_path)
+
+
+class EpochBackup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose backups are whole and whose epochs are backed up last.
+
+    Each backup (weights and the epoch count) is written into a folder of its own and
+    published by atomically pointing the symlink ``latest`` at it; ``previous`` keeps
+    the backup before it, which Keras falls back to if the latest cannot be read (its
+    ``double_checkpoint``). A kill at any moment leaves a consistent backup: weights
+    and epoch count always come from the same epoch.
+
+    The backup of an epoch is written by :meth:`commit`, which ``train`` calls from a
+    callback placed after every other one, so an epoch counts as done only once it has
+    been validated, checkpointed and logged: a run killed before that repeats the epoch.
+    """
+
+    def __init__(self, backup_dir: str | Path):
+        super().__init__(str(backup_dir), save_freq="epoch", double_checkpoint=True)
+        latest, previous = Path(backup_dir) / "latest", Path(backup_dir) / "previous"
+        self._weights_path = str(latest / "latest.weights.h5")
+        self._training_metadata_path = str(latest / "training_metadata.json")
+        self._prev_weights_path = str(previous / "latest.weights.h5")
+        self._prev_training_metadata_path = str(previous / "training_metadata.json")
+
+    @staticmethod
+    def epochs_done(backup_dir: str | Path) -> int:
+        """The epochs that the latest backup in ``backup_dir`` holds (0 without one)."""
+        for name in ("latest", "previous"):
+            try:
+                text = (Path(backup_dir) / name / "training_metadata.json").read_text()
+                return int(json.loads(text)["epoch"])
+            except (OSError, ValueError, KeyError):
+                continue
+        return 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass  # the epoch is backed up by commit(), after the other callbacks
+
+    def commit(self, epoch: int) -> None:
+        """Backs up the model as it ends ``epoch`` (counted from 0)."""
+        self._current_epoch = epoch + 1
+        self._save_model()
+
+    def _save_model(self):
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch:05d}"
+        partial = backup / f".{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        self.model.save_weights(partial / "latest.weights.h5")
+        metadata = {"epoch": self._current_epoch, "batch": 0}
+        (partial / "training_metadata.json").write_text(json.dumps(metadata))
+        files.sync_tree(partial)
+        shutil.rmtree(backup / name, ignore_errors=True)
+        os.replace(partial, backup / name)
+        latest = backup / "latest"
+        if latest.is_symlink():
+            files.point_symlink(backup / "previous", os.readlink(latest))
+        files.point_symlink(latest, name)
+        keep = {os.readlink(backup / link) for link in ("latest", "previous") if (backup / link).is_symlink()}
+        for folder in backup.glob("epoch-*"):
+            if folder.name not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+class _CommitBackup(keras.callbacks.Callback):
+    """Backs up each epoch after every other callback has seen it (see ``EpochBackup``).
+
+    With weight averaging the model holds the averaged weights from each epoch's end to
+    the next one's start; the backup must hold the raw weights that training continues
+    from, so they are swapped back first, as the next epoch's start would.
+    """
+
+    def __init__(self, backup: EpochBackup, swap: keras.callbacks.SwapEMAWeights | None):
+        super().__init__()
+        self.backup = backup
+        self.swap = swap
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.swap is not None:
+            self.swap.on_epoch_begin(epoch + 1)
+        self.backup.commit(epoch)
+
+
+class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` that carries on from the epochs a resumed run already logged.
+
+    Keras's callback starts counting afresh at each ``fit``, so a run preempted more
+    often than its patience would never stop early; this one reads the best value so
+    far and the epochs since it from the run's ``log.csv``.
+    """
+
+    def __init__(self, log_path: str | Path, **kwargs):
+        super().__init__(**kwargs)
+        self.log_path = Path(log_path)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        values = read_history(self.log_path).get(self.monitor, []) if self.log_path.exists() else []
+        if values:
+            pick = max if self.mode == "max" else min
+            best = values.index(pick(values))
+            self.best, self.best_epoch, self.wait = values[best], best, len(values) - 1 - best
 
 
 class ContinueStream(keras.callbacks.Callback):
@@ -191,6 +310,19 @@ class TimeLimit(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def _keep_logged_epochs(log_path: Path, epochs: int) -> None:
+    """Keeps the rows of the first ``epochs`` epochs in ``log.csv`` (and its header)."""
+    if not log_path.exists():
+        return
+    with log_path.open(newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    header, rows = lines[:1], lines[1:]
+    kept = [row for row in rows if row.split(",", 1)[0].strip().isdecimal()
+            and int(row.split(",", 1)[0]) < epochs]
+    if kept != rows:
+        files.write_text_atomically(log_path, "".join(header + kept))
+
+
 def _best_so_far(log_path: Path) -> float | None:
     """Best validation accuracy recorded in an earlier part of a resumed run."""
     if not log_path.exists():
@@ -238,11 +370,13 @@ def train(
     best_path = run_dir / "best.keras"
     log_path = run_dir / "log.csv"
     backup_dir = run_dir / "backup"
+    # Epochs logged after the last backup are repeated when the run resumes: drop them.
+    _keep_logged_epochs(log_path, EpochBackup.epochs_done(backup_dir))
     best_so_far = _best_so_far(log_path)
     if best_path.exists() and best_so_far is not None and not backup_dir.exists():
         # BackupAndRestore deletes its backup when training ends, so this run's training has
         # finished: resuming a run killed later (in evaluation or export) must not retrain it.
-        return keras.models.load_model(best_path), read_history(log_path)
+        return files.load_keras_model(best_path), read_history(log_path)
 
     keras.utils.set_random_seed(config.seed)
     first_step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -252,16 +386,14 @@ def train(
     )
 
     model, fitted = compiled_models(config)
-    callbacks: list[keras.callbacks.Callback] = [
-        # First, so that a backup holds the raw weights (and their average in the
-        # optimiser) whether or not the averaged weights are swapped in below.
-        keras.callbacks.BackupAndRestore(backup_dir),
-        ContinueStream(first_step),
-    ]
+    backup = EpochBackup(backup_dir)  # first: it restores a killed run before the others start
+    callbacks: list[keras.callbacks.Callback] = [backup, ContinueStream(first_step)]
+    swap = None
     if config.ema_momentum is not None:
         # From each epoch's end to the next one's start the model holds the averaged
         # weights: validation, the checkpoint (hence evaluation and export) see them.
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+        callbacks.append(swap)
     callbacks += [
         OneShotValidation(val_tasks, model=model),
         keras.callbacks.TerminateOnNaN(),
@@ -273,13 +405,13 @@ def train(
             save_best_only=True,
             initial_value_threshold=best_so_far,
         ),
-        keras.callbacks.EarlyStopping(monitor=VAL_METRIC, mode="max", patience=config.patience),
+        ResumedEarlyStopping(log_path, monitor=VAL_METRIC, mode="max", patience=config.patience),
         keras.callbacks.CSVLogger(log_path, append=True),
         keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False),
     ]
     if config.max_minutes:
         callbacks.append(TimeLimit(config.max_minutes))
-    callbacks += extra_callbacks
+    callbacks += [*extra_callbacks, _CommitBackup(backup, swap)]  # last: see EpochBackup
     fitted.fit(
         train_ds,
         validation_data=val_ds,
@@ -293,7 +425,7 @@ def train(
         verbose=progress_verbosity() if verbose is None else verbose,
     )
     if best_path.exists():
-        model = keras.models.load_model(best_path)
+        model = files.load_keras_model(best_path)
     return model, read_history(log_path)
 
 
@@ -331,7 +463,7 @@ def _claim_run_dir(config: TrainConfig, run_dir: str | Path) -> Path:
     config_path = run_dir / "config.json"
     if config_path.exists() and TrainConfig.load(config_path) != config:
         raise ValueError(f"{run_dir} holds a run with a different configuration ({config_path})")
-    config_path.write_text(config.to_json())
+    files.write_text_atomically(config_path, config.to_json())
     return run_dir
 
 

@@ -5,6 +5,8 @@ tests/end_to_end/test_fit_command.py runs the command itself, as a user does.
 
 from __future__ import annotations
 
+import pytest
+
 OPTIONS = [
     "--preset",
     "--data-dir",
@@ -110,3 +112,26 @@ def test_precision_follows_the_flag_else_the_hardware(tmp_path):
         config = resolved("--preset", name)
         assert config.model.mixed_precision == (fast and name in BFLOAT16_RECIPES), name
         assert config == preset(name, config.model.mixed_precision)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(("--epochs", "0"), "epochs must be at least 1, got 0"),
+     (("--steps-per-epoch", "0"), "steps-per-epoch must be at least 1, got 0"),
+     (("--val-tasks", "0"), "val-tasks must be at least 1, got 0"),
+     (("--learning-rate", "nan"), "learning-rate must be a finite number, got nan"),
+     (("--learning-rate", "-0.1"), "learning-rate must be above 0, got -0.1"),
+     (("--lr-decay", "1.5"), "lr-decay must be at most 1, got 1.5"),
+     (("--within-alphabet", "2"), "within-alphabet must be at most 1, got 2"),
+     (("--max-minutes", "inf"), "max-minutes must be a finite number, got inf"),
+     (("--train-drawers", "21"), "train-drawers must be at most 20, got 21"),
+     (("--filters", "8", "0", "8", "8"), "filters must be at least 1, got 0"),
+     (("--seed", "x"), "seed: not a number: 'x'")],
+)  # fmt: skip
+def test_numeric_options_are_checked_when_parsed(flags, message, capsys):
+    from keras_siamese import fit
+
+    with pytest.raises(SystemExit) as exit_:
+        fit.build_parser().parse_args(list(flags))
+    assert exit_.value.code == 2  # argparse's usage error: nothing has run
+    assert message in capsys.readouterr().err

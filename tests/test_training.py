@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -159,3 +161,59 @@ def test_time_limit_starts_no_epoch_that_might_end_past_it(monkeypatch):
     limit.on_epoch_begin(1)
     limit.on_epoch_end(1)  # 220 s, and the longest epoch (120 s) would end at 340 s: stop
     assert limit.model.stop_training
+
+
+# --- Crash safety ---------------------------------------------------------------------------
+
+
+def _tiny_model() -> keras.Model:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def test_backups_are_whole_folders_published_by_a_symlink(tmp_path):
+    model = _tiny_model()
+    backup = training.EpochBackup(tmp_path / "backup")
+    backup.set_model(model)
+    for epoch in range(3):
+        model.set_weights([w + 1.0 for w in model.get_weights()])
+        backup.commit(epoch)
+    folder = tmp_path / "backup"
+    assert os.readlink(folder / "latest") == "epoch-00003"
+    assert os.readlink(folder / "previous") == "epoch-00002"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-00002", "epoch-00003", "latest", "previous"]
+    assert training.EpochBackup.epochs_done(folder) == 3
+    saved = model.get_weights()
+
+    restored = _tiny_model()
+    fresh = training.EpochBackup(folder)
+    fresh.set_model(restored)
+    fresh.on_train_begin()
+    for a, b in zip(restored.get_weights(), saved):
+        np.testing.assert_array_equal(a, b)
+    assert training.EpochBackup.epochs_done(tmp_path / "none") == 0
+
+
+def test_epochs_logged_after_the_last_backup_are_dropped(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss,val_one_shot_accuracy\n0,0.9,0.1\n1,0.8,0.3\n2,0.7,0.2\n")
+    training._keep_logged_epochs(log, 2)
+    assert log.read_text() == "epoch,loss,val_one_shot_accuracy\n0,0.9,0.1\n1,0.8,0.3\n"
+    training._keep_logged_epochs(log, 5)  # nothing to drop: the file is left alone
+    assert log_rows(tmp_path)[-1]["epoch"] == "1"
+
+
+def test_early_stopping_carries_on_from_the_logged_epochs(tmp_path):
+    (tmp_path / "log.csv").write_text(
+        "epoch,val_one_shot_accuracy\n0,0.1\n1,0.3\n2,0.2\n3,0.25\n"
+    )
+    stopping = training.ResumedEarlyStopping(
+        tmp_path / "log.csv", monitor=training.VAL_METRIC, mode="max", patience=3
+    )
+    stopping.set_model(_tiny_model())
+    stopping.on_train_begin()
+    assert (stopping.best, stopping.best_epoch, stopping.wait) == (0.3, 1, 2)
+    # One more epoch without a better accuracy exhausts the patience of 3.
+    stopping.on_epoch_end(4, {training.VAL_METRIC: 0.29})
+    assert stopping.model.stop_training

@@ -36,6 +36,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/convolutions.py
 	$(PY) bench/batch_norm.py
 	$(PY) bench/memory.py
+	$(PY) bench/serving_load.py
 
 ## The local TF-Serving-compatible server on saved_models/siamese.
 serve: $(VENV)/.installed

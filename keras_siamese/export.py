@@ -317,12 +317,30 @@ def _build_module(
     return module, signatures
 
 
+# A version folder's name: ASCII digits only, as TF Serving reads them ("²".isdigit() is true,
+# but int("²") fails).
+VERSION_NAME = re.compile(r"[0-9]+", re.ASCII)
+
+
 def versions(model_dir: str | Path) -> list[int]:
-    """The version numbers exported under ``model_dir``, ascending."""
+    """The version numbers exported under ``model_dir``, ascending (none if it is missing).
+
+    Only folders named by ASCII digits count. A folder that cannot be listed raises
+    ``OSError`` (a server reports it and polls again); an entry that vanishes meanwhile is
+    skipped.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    numbers = []
+    with os.scandir(model_dir) as entries:
+        for entry in entries:
+            try:
+                if VERSION_NAME.fullmatch(entry.name) and entry.is_dir():
+                    numbers.append(int(entry.name))
+            except OSError:
+                continue
+    return sorted(numbers)
 
 
 def next_version(model_dir: str | Path) -> int:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 from keras_siamese.serving.server import (
-    DEFAULT_MAX_REQUEST_BYTES, ModelServer, create_app, create_grpc_server, log,
+    DEFAULT_LOAD_RETRY_SECONDS, DEFAULT_MAX_LOAD_RETRIES, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS, ModelServer, create_app, create_grpc_server, log,
 )
 
 
@@ -49,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
         help="larger request bodies are refused with 413",
     )
+    parser.add_argument(
+        "--rest_api_timeout_in_ms", type=int, default=int(DEFAULT_REQUEST_TIMEOUT_SECONDS * 1000),
+        help="a prediction taking longer is answered with 504 (gRPC: DEADLINE_EXCEEDED, or "
+        "at the client's own deadline if shorter); idle or stalled connections are closed "
+        "after as long (0: no limit)",
+    )
+    parser.add_argument(
+        "--max_num_load_retries", type=int, default=DEFAULT_MAX_LOAD_RETRIES,
+        help="how many times a version that failed to load is tried again (a change to its "
+        "files starts over)",
+    )
+    parser.add_argument(
+        "--load_retry_interval_micros", type=int, default=int(DEFAULT_LOAD_RETRY_SECONDS * 1e6),
+        help="the wait before the first retry of a failed load, doubled after each failure",
+    )
     parser.add_argument("--threads", type=int, default=4, help="request threads")
     return parser
 
@@ -65,9 +82,19 @@ def main(argv: list[str] | None = None) -> None:
             f"error: --model_base_path {base_path} is not a folder; export a model first "
             "(python -m keras_siamese.export RUN_DIR)"
         )
-    server = ModelServer(args.model_name, base_path, args.file_system_poll_wait_seconds)
+    timeout = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
+    server = ModelServer(
+        args.model_name, base_path, args.file_system_poll_wait_seconds,
+        max_load_retries=args.max_num_load_retries,
+        load_retry_seconds=args.load_retry_interval_micros / 1e6,
+        request_timeout=timeout,
+        workers=args.threads,
+    )
     server.refresh()
     server.start_polling()
+    # waitress reads whole requests before a thread sees them, so a stalled client holds a
+    # connection, not a thread; channel_timeout closes such connections.
+    channel_timeout = max(1, math.ceil(timeout)) if timeout else 120
     http = waitress.create_server(
         create_app(server, args.max_request_bytes),
         host=args.host,
@@ -76,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         # Flask's cap answers oversized requests with a JSON 413; waitress's (which spools
         # bodies to disk, not memory) cuts off anything far larger with a plain-text one.
         max_request_body_size=4 * args.max_request_bytes,
+        channel_timeout=channel_timeout,
+        cleanup_interval=max(1, min(30, channel_timeout // 2)),
     )
     grpc_server = None
     if args.port >= 0:
@@ -93,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"error: cannot serve gRPC on {args.host}:{args.port} ({error}); "
                 "pass another --port, 0 for any free port, or -1 for none"
             ) from None
+    if server.serving is None:
+        # Still serving: the poller loads a version as soon as one can be loaded.
+        print(f"Warning: no version of {args.model_name} is available yet "
+              f"({server.unavailable_reason()}); predictions answer 503 until one loads",
+              flush=True)
     # One line a caller can wait for (and read the port from, with --rest_api_port 0).
     print(f"Serving {args.model_name} from {base_path} at http://{args.host}:{http.effective_port}",
           flush=True)

@@ -269,6 +269,10 @@ class GrpcServingClient(_SignatureCalls):
         self._spec(request.model_spec)
         request.model_spec.signature_name = signature_name
         for name, value in inputs.items():
+            if isinstance(value, np.ndarray) and value.dtype.kind in "iub":
+                # The project's signatures take float32 pixels (or strings); TF Serving's gRPC
+                # API refuses any other dtype, where its REST API reads JSON numbers as float.
+                value = value.astype(np.float32)
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         response = self._call(self._predictions.Predict, request)
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}

@@ -1,4 +1,4 @@
-"""A local, TF-Serving-compatible REST server for development, tests and the notebook.
+"""A local, TF-Serving-compatible REST and gRPC server for development, tests and the notebook.
 
     python -m keras_siamese.serve --model_name siamese --model_base_path saved_models/siamese
 
@@ -17,9 +17,18 @@ bodies and ``{"error": "..."}`` errors:
 
 As TF Serving does by default, it serves the highest version under the base
 path and polls the folder for new versions (``--file_system_poll_wait_seconds``),
-loading a new one before unloading the old; a version that fails to load is
-reported in the model status and the previous one stays in service. It binds
-to loopback by default and refuses requests over ``--max_request_bytes``.
+loading a new one before unloading the old. A version that fails to load is
+reported in the model status (state ``END`` and the error) and retried with
+back-off; the previous one stays in service. Nothing the poller meets (odd
+folder names, unreadable folders, broken exports) stops it.
+
+Every request is bounded: bodies over ``--max_request_bytes`` are refused, gRPC
+tensors are checked against the signature (dtype, shape, element count) before
+anything is allocated for them, JSON ``null``/``NaN``/``Infinity`` and non-finite
+numbers are refused, and a request that runs past its deadline
+(``--rest_api_timeout_in_ms``, or a gRPC client's own, shorter deadline) is
+answered with 504 / ``DEADLINE_EXCEEDED``. Errors carry TF Serving's statuses:
+TensorFlow errors are mapped by their canonical code (:data:`HTTP_STATUS`).
 
 Differences from TF Serving (docs/serving.md): gRPC offers only Predict and
 GetModelStatus, one model per server (no ``--model_config_file``), no
@@ -31,33 +40,110 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
+import math
+import os
 import re
 import threading
+import time
+from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
 from flask import Flask, Response, request
 from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from werkzeug.exceptions import HTTPException
 
-from keras_siamese.export import versions
+from keras_siamese.export import VERSION_NAME, versions
 from keras_siamese.serving.errors import ServingError
 
 log = logging.getLogger("keras_siamese.serve")
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# TF Serving's defaults for --rest_api_timeout_in_ms, --max_num_load_retries and
+# --load_retry_interval_micros.
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_LOAD_RETRIES = 5
+DEFAULT_LOAD_RETRY_SECONDS = 60.0
 
-# /v1/models/<name>[/versions/<version>][/metadata | :<method>]
+# /v1/models/<name>[/versions/<version>][/metadata | :<method>]; a version that is not a
+# plain ASCII number is caught by _parse_version with a clear message.
 _URL = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>[^/:]+))?"
     r"(?:/(?P<metadata>metadata)|:(?P<method>[A-Za-z]+))?$"
 )
+
+#: The HTTP status TF Serving's REST API answers for each canonical (gRPC) error code.
+HTTP_STATUS = {
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
+}
+# The gRPC code for an error raised with only an HTTP status (the inverse of the table above,
+# one code per status; 413 is gRPC's own answer to an oversized message).
+_GRPC_CODE = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+    404: "NOT_FOUND", 405: "UNIMPLEMENTED", 409: "ABORTED", 413: "RESOURCE_EXHAUSTED",
+    429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_CODE_NAMES = {getattr(tf.errors, name): name for name in HTTP_STATUS}
+
+
+def _error(code: str, message: str) -> ServingError:
+    """A ``ServingError`` for a canonical error code: TF Serving's HTTP status, the gRPC code kept."""
+    error = ServingError(HTTP_STATUS[code], message)
+    error.grpc_code = code
+    return error
+
+
+def grpc_code(error: ServingError) -> str:
+    """The gRPC status code name for a server error (never ``UNKNOWN``: others are ``INTERNAL``)."""
+    code = getattr(error, "grpc_code", None) or _GRPC_CODE.get(error.status, "INTERNAL")
+    return "INTERNAL" if code == "UNKNOWN" else code
+
+
+def _parse_version(version: str | int | None) -> int | None:
+    """A URL's version as a number; anything but ASCII digits is a 400."""
+    if version is None or isinstance(version, int):
+        return version
+    if not VERSION_NAME.fullmatch(version):
+        raise ServingError(400, f"Malformed version {version!r}: a version is a number such as 1")
+    return int(version)
+
+
+def _fingerprint(path: Path) -> tuple | None:
+    """The names, sizes and modification times under ``path``: changes when files do."""
+    try:
+        items = []
+        for root, _, files in os.walk(path):
+            for name in files:
+                stat = os.stat(os.path.join(root, name))
+                items.append((os.path.relpath(os.path.join(root, name), path), stat.st_size,
+                              stat.st_mtime_ns))
+        return tuple(sorted(items))
+    except OSError:
+        return None
 
 
 class _Version:
@@ -75,6 +161,17 @@ class _Version:
         }
 
 
+@dataclasses.dataclass
+class _Failure:
+    """A version that failed to load, and when to try it again."""
+
+    error: str
+    code: str
+    attempts: int  # failed loads since the folder last changed
+    retry_at: float | None  # time.monotonic() of the next try; None: no more tries
+    fingerprint: tuple | None  # the folder's files when it last failed
+
+
 def _message_to_dict(message) -> dict:
     # TF Serving writes proto field names and fields left at their defaults.
     try:
@@ -88,44 +185,132 @@ def _message_to_dict(message) -> dict:
 
 
 class ModelServer:
-    """Serves the highest version under ``base_path`` and watches for new ones.
+    """Serves the highest version under ``base_path`` that loads, and watches for new ones.
 
     Args:
         name: the model name in URLs.
         base_path: the folder holding numbered versions (``saved_models/<name>``).
         poll_seconds: how often to look for new versions (0: only on :meth:`refresh`).
+        max_load_retries: how many times a version that failed to load is tried again
+            (TF Serving's ``--max_num_load_retries``); a change to its files starts over.
+        load_retry_seconds: the wait before the first retry, doubled after each failure.
+        request_timeout: seconds a prediction may take before it is answered with 504
+            (None: no limit).
+        workers: predictions computed at once; one that outlives its deadline keeps its
+            worker until it finishes, so abandoned work never exceeds this.
     """
 
-    def __init__(self, name: str, base_path: str | Path, poll_seconds: float = 1.0):
+    def __init__(
+        self,
+        name: str,
+        base_path: str | Path,
+        poll_seconds: float = 1.0,
+        max_load_retries: int = DEFAULT_MAX_LOAD_RETRIES,
+        load_retry_seconds: float = DEFAULT_LOAD_RETRY_SECONDS,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT_SECONDS,
+        workers: int = 4,
+    ):
         self.name = name
         self.base_path = Path(base_path)
         self.poll_seconds = poll_seconds
-        self._lock = threading.Lock()
+        self.max_load_retries = max_load_retries
+        self.load_retry_seconds = load_retry_seconds
+        self.request_timeout = request_timeout
+        self._lock = threading.Lock()  # guards the state below
+        self._refreshing = threading.Lock()  # one refresh at a time
         self._current: tuple[int, _Version] | None = None
-        self._failed: dict[int, str] = {}
+        self._failed: dict[int, _Failure] = {}
+        self._loading: int | None = None
+        self._list_error: str | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._workers = futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="predict")
+
+    # --- Versions ---------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Loads the highest version if it is new; keeps the old one if it fails."""
-        available = versions(self.base_path)
-        if not available:
-            return
-        latest = available[-1]
-        with self._lock:
-            if (self._current and self._current[0] == latest) or latest in self._failed:
-                return
-        log.info("loading %s version %d from %s", self.name, latest, self.base_path / str(latest))
+        """Loads the highest version above the served one that loads; never raises.
+
+        A version that fails is retried after ``load_retry_seconds`` (doubling), at most
+        ``max_load_retries`` times, and again whenever its files change (once they have stopped
+        changing for a poll: a copy in progress is not loaded half-way). Meanwhile the next
+        lower version is tried, so a server whose newest export is broken still serves.
+        """
+        with self._refreshing:
+            try:
+                self._refresh()
+            except Exception:  # the poller must outlive anything the file system does
+                log.exception("refreshing the versions of %s failed; trying again later", self.name)
+
+    def _refresh(self) -> None:
         try:
-            loaded = _Version(self.base_path / str(latest))
-        except Exception as error:  # any load failure must leave the server serving
-            log.error("version %d of %s failed to load: %s", latest, self.name, error)
+            if not self.base_path.is_dir():  # gone, or renamed away: report it, keep serving
+                raise FileNotFoundError("no such folder")
+            available = versions(self.base_path)
+        except OSError as error:
+            message = f"cannot list {self.base_path}: {type(error).__name__}: {error}"
+            if message != self._list_error:  # once per new error, not once per poll
+                log.error("%s; the served version (if any) stays in service", message)
             with self._lock:
-                self._failed[latest] = f"{type(error).__name__}: {error}"
+                self._list_error = message
             return
         with self._lock:
-            self._current = (latest, loaded)
-        log.info("serving %s version %d", self.name, latest)
+            self._list_error = None
+            for number in [n for n in self._failed if n not in available]:
+                del self._failed[number]  # its folder is gone
+            floor = self._current[0] if self._current else -1
+        now = time.monotonic()
+        for number in reversed(available):
+            if number <= floor:
+                return
+            if self._due(number, now) and self._load(number):
+                return
+
+    def _due(self, number: int, now: float) -> bool:
+        """Whether to try loading ``number`` now."""
+        with self._lock:
+            failure = self._failed.get(number)
+        if failure is None:
+            return True
+        fingerprint = _fingerprint(self.base_path / str(number))
+        if fingerprint != failure.fingerprint:
+            # Its files changed: start over, once they have stayed the same for one poll.
+            with self._lock:
+                failure.fingerprint, failure.attempts, failure.retry_at = fingerprint, 0, now
+            return False
+        return failure.retry_at is not None and now >= failure.retry_at
+
+    def _load(self, number: int) -> bool:
+        path = self.base_path / str(number)
+        fingerprint = _fingerprint(path)
+        log.info("loading %s version %d from %s", self.name, number, path)
+        with self._lock:
+            self._loading = number
+        try:
+            loaded = _Version(path)
+        except Exception as error:  # any load failure must leave the server serving
+            code = _CODE_NAMES.get(getattr(error, "error_code", None), "UNKNOWN")
+            with self._lock:
+                self._loading = None
+                previous = self._failed.get(number)
+                attempts = (previous.attempts if previous else 0) + 1
+                retry_at = None
+                if attempts <= self.max_load_retries:
+                    wait = self.load_retry_seconds * 2 ** min(attempts - 1, 16)
+                    retry_at = time.monotonic() + wait
+                self._failed[number] = _Failure(
+                    f"{type(error).__name__}: {_tf_message(error)}", code, attempts, retry_at,
+                    fingerprint,
+                )
+            log.error("version %d of %s failed to load (attempt %d): %s", number, self.name,
+                      attempts, error)
+            return False
+        with self._lock:
+            self._loading = None
+            self._current = (number, loaded)
+            self._failed.pop(number, None)
+        log.info("serving %s version %d", self.name, number)
+        return True
 
     def start_polling(self) -> None:
         """Refreshes every ``poll_seconds`` in a background thread."""
@@ -140,85 +325,164 @@ class ModelServer:
         self._poller.start()
 
     def stop(self) -> None:
+        """Stops polling; predictions in progress finish in their worker threads."""
         self._stop.set()
+        self._workers.shutdown(wait=False, cancel_futures=True)
 
-    def _version(self, name: str, version: str | None) -> tuple[int, _Version]:
-        if name != self.name:
-            raise ServingError(404, f"Servable not found for request: Latest({name})")
+    @property
+    def serving(self) -> int | None:
+        """The version in service, or None."""
         with self._lock:
-            current = self._current
-        if version is None:
-            if current is None:
-                raise ServingError(404, f"Servable not found for request: Latest({name})")
-            return current
-        if not version.isdigit():
-            raise ServingError(400, f"version must be a number, got {version!r}")
-        if current is None or current[0] != int(version):
-            raise ServingError(404, f"Servable not found for request: Specific({name}, {version})")
-        return current
+            return self._current[0] if self._current else None
 
-    def status(self, name: str, version: str | None) -> dict:
-        """TF Serving's GetModelStatus response."""
+    def unavailable_reason(self) -> str:
+        """Why no version is in service (for logs and the 503 answer)."""
+        with self._lock:
+            failed, loading, list_error = dict(self._failed), self._loading, self._list_error
+        reasons = [f"version {n} failed to load: {f.error}" for n, f in sorted(failed.items())]
+        if loading is not None:
+            reasons.insert(0, f"version {loading} is loading")
+        if list_error:
+            reasons.insert(0, list_error)
+        return "; ".join(reasons) or f"no version found under {self.base_path}"
+
+    def resolve(self, name: str, version: str | int | None) -> tuple[int, _Version]:
+        """The version that answers a request: 404 for an unknown model or version, 503 when
+        the version asked for (or, with none asked for, every version) failed or is loading."""
+        number = _parse_version(version)
+        if name != self.name:
+            what = f"Latest({name})" if number is None else f"Specific({name}, {number})"
+            raise ServingError(404, f"Servable not found for request: {what}")
+        with self._lock:
+            current, failure, loading = self._current, self._failed.get(number), self._loading
+            pending = bool(self._failed) or loading is not None or self._list_error
+        if number is None:
+            if current is not None:
+                return current
+            if pending:
+                raise _error("UNAVAILABLE", f"Model {name} has no version available: "
+                             f"{self.unavailable_reason()}")
+            raise ServingError(404, f"Servable not found for request: Latest({name})")
+        if current is not None and current[0] == number:
+            return current
+        if failure is not None:
+            raise _error("UNAVAILABLE", f"Version {number} of model {name} is not available: "
+                         f"it failed to load: {failure.error}")
+        if loading == number:
+            raise _error("UNAVAILABLE", f"Version {number} of model {name} is loading")
+        raise ServingError(404, f"Servable not found for request: Specific({name}, {number})")
+
+    def status(self, name: str, version: str | int | None) -> dict:
+        """TF Serving's GetModelStatus response: AVAILABLE only for the version in service."""
+        number = _parse_version(version)
         if name != self.name:
             raise ServingError(404, f"Could not find any versions of model {name}")
         with self._lock:
-            current, failed = self._current, dict(self._failed)
+            current, failed, loading = self._current, dict(self._failed), self._loading
+            list_error = self._list_error
+        now = time.monotonic()
         states = {}
+        for failed_number, failure in failed.items():
+            if failure.retry_at is None:
+                note = (f" (no more retries after {failure.attempts - 1}; a change to its "
+                        "files is tried again)")
+            else:
+                note = (f" (retry {failure.attempts} of {self.max_load_retries} in "
+                        f"{max(0.0, failure.retry_at - now):.0f} s)")
+            states[failed_number] = ("END", failure.code, failure.error + note)
+        if loading is not None:
+            states[loading] = ("LOADING", "OK", "")
         if current is not None:
             states[current[0]] = ("AVAILABLE", "OK", "")
-        for number, message in failed.items():
-            states[number] = ("END", "UNKNOWN", message)
-        if version is not None:
-            if not version.isdigit() or int(version) not in states:
-                raise ServingError(
-                    404, f"Could not find version {version} of model {name}"
-                )
-            states = {int(version): states[int(version)]}
+        if number is not None:
+            if number not in states:
+                raise ServingError(404, f"Could not find version {number} of model {name}")
+            states = {number: states[number]}
         if not states:
+            if list_error:
+                raise _error("UNAVAILABLE", f"Model {name}: {list_error}")
             raise ServingError(404, f"Could not find any versions of model {name}")
         return {
             "model_version_status": [
                 {
-                    "version": str(number),
+                    "version": str(n),
                     "state": state,
                     "status": {"error_code": code, "error_message": message},
                 }
-                for number, (state, code, message) in sorted(states.items(), reverse=True)
+                for n, (state, code, message) in sorted(states.items(), reverse=True)
             ]
         }
 
-    def metadata(self, name: str, version: str | None) -> dict:
+    def metadata(self, name: str, version: str | int | None) -> dict:
         """TF Serving's GetModelMetadata response (the signature definitions)."""
-        number, loaded = self._version(name, version)
+        number, loaded = self.resolve(name, version)
         return {
             "model_spec": {"name": name, "signature_name": "", "version": str(number)},
             "metadata": {"signature_def": {"signature_def": loaded.signature_defs}},
         }
 
+    # --- Predictions ----------------------------------------------------------------------
+
+    def deadline(self, client_seconds: float | None = None) -> float | None:
+        """The ``time.monotonic()`` by which a request starting now must be answered: the
+        server's ``request_timeout`` or the client's own, shorter, time (None: no limit)."""
+        limits = [s for s in (self.request_timeout, client_seconds) if s is not None and s > 0]
+        return time.monotonic() + min(limits) if limits else None
+
+    def call(self, compute: Callable[[], Any], deadline: float | None) -> Any:
+        """``compute()`` in a worker thread; a 504 if ``deadline`` passes first.
+
+        A request past its deadline is answered at once; its computation (TensorFlow cannot
+        stop a running function) finishes in the worker, or never starts if it was still queued.
+        """
+        if deadline is None:
+            return compute()
+
+        def job():
+            if time.monotonic() >= deadline:
+                raise _error("DEADLINE_EXCEEDED", "Deadline exceeded before the request started "
+                             "(the server is busy)")
+            return compute()
+
+        try:
+            future = self._workers.submit(job)
+        except RuntimeError:  # shut down
+            raise _error("UNAVAILABLE", "the server is shutting down") from None
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except futures.TimeoutError:
+            future.cancel()
+            raise _error("DEADLINE_EXCEEDED", "Deadline exceeded: the request took longer than "
+                         "the server's --rest_api_timeout_in_ms or the client's deadline") from None
+
     def run(
-        self, name: str, version: str | None, signature_name: str, inputs: dict[str, Any]
+        self, name: str, version: str | int | None, signature_name: str, inputs: dict[str, Any]
     ) -> tuple[int, dict[str, np.ndarray]]:
         """Runs a signature on named input values (JSON lists or numpy arrays).
 
         Returns the version that answered and the outputs; bad input is a ``ServingError``.
         """
-        number, loaded = self._version(name, version)
-        return number, _run(loaded, signature_name, inputs)
+        number, loaded = self.resolve(name, version)
+        return number, _run(loaded, _signature_name(signature_name), inputs)
 
-    def predict(self, name: str, version: str | None, body: Any) -> dict:
+    def predict(self, name: str, version: str | int | None, body: Any) -> dict:
         """TF Serving's REST predict: row or columnar request, same-format response."""
         # Resolved once: the version that parses the request also answers it, even if a
         # newer one is loaded meanwhile. An unknown model or version is a 404 first.
-        _, loaded = self._version(name, version)
+        _, loaded = self.resolve(name, version)
         if not isinstance(body, dict):
             raise ServingError(400, "the request body must be a JSON object")
         if ("instances" in body) == ("inputs" in body):
             raise ServingError(400, 'the request needs exactly one of "instances" or "inputs"')
-        signature_name = body.get("signature_name", "serving_default")
+        signature_name = _signature_name(body.get("signature_name", "serving_default"))
         specs = _signature(loaded, signature_name).structured_input_signature[1]
         row = "instances" in body
-        named = _row_inputs(body["instances"], specs) if row else _columnar_inputs(body["inputs"], specs)
-        outputs = _run(loaded, signature_name, named)
+        try:
+            named = (_row_inputs(body["instances"], specs) if row
+                     else _columnar_inputs(body["inputs"], specs))
+            outputs = _run(loaded, signature_name, named)
+        except RecursionError:
+            raise ServingError(400, "the request's lists are nested too deeply") from None
         if row:
             return {"predictions": _row_outputs(outputs)}
         if len(outputs) == 1:
@@ -234,9 +498,18 @@ def _run(loaded: _Version, signature_name: str, inputs: dict[str, Any]) -> dict[
     tensors = {key: _to_tensor(value, specs[key], key) for key, value in inputs.items()}
     try:
         outputs = function(**tensors)
-    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+    except tf.errors.OpError as error:
+        # TF Serving's contract: the error's canonical code decides the status.
+        raise _error(_CODE_NAMES.get(error.error_code, "INTERNAL"), _tf_message(error)) from None
+    except (ValueError, TypeError) as error:
         raise ServingError(400, _tf_message(error)) from None
     return {key: value.numpy() for key, value in outputs.items()}
+
+
+def _signature_name(signature_name: Any) -> str:
+    if not isinstance(signature_name, str):
+        raise ServingError(400, f'"signature_name" must be a string, got {type(signature_name).__name__}')
+    return signature_name or "serving_default"
 
 
 def _signature(loaded: _Version, signature_name: str):
@@ -292,17 +565,35 @@ def _decode_b64(value: Any) -> Any:
 
 
 def _to_tensor(value: Any, spec: tf.TensorSpec, name: str) -> tf.Tensor:
-    """A JSON value as a tensor of the signature's dtype and shape, or a 400."""
+    """A JSON value (or numpy array) as a tensor of the signature's dtype and shape, or a 400.
+
+    Numbers must be finite: JSON ``null`` (which numpy would read as NaN), ``NaN``,
+    ``Infinity`` and values beyond the dtype's range are refused, as are booleans and text
+    where numbers are expected.
+    """
     try:
         if spec.dtype == tf.string:
             array = np.array(_decode_b64(value), dtype=object)
             if array.size and not all(isinstance(v, (bytes, str)) for v in array.ravel()):
                 raise ServingError(400, f'input "{name}" takes strings ({{"b64": ...}} for images)')
         else:
-            array = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
+            array = np.asarray(value)
+            if array.dtype.kind not in "iuf":
+                kind = {"O": "null or non-numbers", "U": "text", "S": "bytes", "b": "booleans"}
+                raise ServingError(
+                    400, f'input "{name}" holds {kind.get(array.dtype.kind, array.dtype.name)}; '
+                    f"it takes {spec.dtype.name} numbers"
+                )
+            with np.errstate(over="ignore", invalid="ignore"):
+                array = array.astype(spec.dtype.as_numpy_dtype, copy=False)
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise ServingError(
+                    400, f'input "{name}" holds NaN, Infinity or a number beyond {spec.dtype.name}\'s '
+                    "range: values must be finite"
+                )
     except ServingError:
         raise
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, OverflowError) as error:
         raise ServingError(400, f'input "{name}" is not a {spec.dtype.name} tensor: {error}') from None
     if not spec.shape.is_compatible_with(array.shape):
         raise ServingError(
@@ -341,8 +632,64 @@ def _tf_message(error: Exception) -> str:
     return (useful or lines or [type(error).__name__])[0]
 
 
-# How TF Serving's gRPC API reports what the REST API answers with these HTTP statuses.
-_GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED", 501: "UNIMPLEMENTED"}
+def _dtype_name(enum: int) -> str:
+    try:
+        return types_pb2.DataType.Name(enum)
+    except ValueError:
+        return f"dtype {enum}"
+
+
+# The TensorProto field holding each dtype's values when tensor_content is empty, and how
+# many field entries one element takes.
+_VALUE_FIELDS = {
+    types_pb2.DT_FLOAT: ("float_val", 1), types_pb2.DT_DOUBLE: ("double_val", 1),
+    types_pb2.DT_INT32: ("int_val", 1), types_pb2.DT_INT16: ("int_val", 1),
+    types_pb2.DT_INT8: ("int_val", 1), types_pb2.DT_UINT8: ("int_val", 1),
+    types_pb2.DT_UINT16: ("int_val", 1), types_pb2.DT_INT64: ("int64_val", 1),
+    types_pb2.DT_UINT32: ("uint32_val", 1), types_pb2.DT_UINT64: ("uint64_val", 1),
+    types_pb2.DT_BOOL: ("bool_val", 1), types_pb2.DT_STRING: ("string_val", 1),
+    types_pb2.DT_HALF: ("half_val", 1), types_pb2.DT_BFLOAT16: ("half_val", 1),
+    types_pb2.DT_COMPLEX64: ("scomplex_val", 2), types_pb2.DT_COMPLEX128: ("dcomplex_val", 2),
+}
+
+
+def check_tensor_proto(proto, spec: tf.TensorSpec, name: str, max_elements: int) -> None:
+    """Refuses (400 / INVALID_ARGUMENT) a gRPC input tensor before anything is allocated for it.
+
+    The declared dtype must be the signature's, the declared shape must fit the signature's,
+    its element count must be at most ``max_elements`` and must equal the values actually
+    present. ``tf.make_ndarray`` would otherwise fill a declared 1x20000x20000x1 tensor from
+    a 40-byte request, repeating its last value (TF's rule for short value lists).
+    """
+    expected = spec.dtype.as_datatype_enum
+    if proto.dtype != expected:
+        raise ServingError(400, f'input "{name}" is {_dtype_name(proto.dtype)}; the signature '
+                           f"takes {_dtype_name(expected)}")
+    if proto.tensor_shape.unknown_rank:
+        raise ServingError(400, f'input "{name}" has no shape; the signature takes '
+                           f"{spec.shape.as_list()}")
+    dims = [dim.size for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in dims) or not spec.shape.is_compatible_with(dims):
+        raise ServingError(400, f'input "{name}" has shape {dims}; the signature takes '
+                           f"{spec.shape.as_list()} (None: any size)")
+    count = math.prod(dims)
+    if count > max_elements:
+        raise ServingError(400, f'input "{name}" declares {count} elements; a request holds '
+                           f"at most {max_elements}")
+    if expected not in _VALUE_FIELDS:
+        raise ServingError(400, f"inputs of {_dtype_name(expected)} are not supported")
+    field, per_element = _VALUE_FIELDS[expected]
+    if proto.tensor_content and expected != types_pb2.DT_STRING:
+        present = len(proto.tensor_content)
+        needed = count * spec.dtype.size
+        unit = "bytes"
+    else:
+        present = len(getattr(proto, field))
+        needed = count * per_element
+        unit = f"values in {field}"
+    if present != needed:
+        raise ServingError(400, f'input "{name}" declares shape {dims} ({needed} {unit}) but '
+                           f"holds {present}")
 
 
 def create_grpc_server(
@@ -354,10 +701,10 @@ def create_grpc_server(
     """TF Serving's gRPC ``PredictionService.Predict`` and ``ModelService.GetModelStatus``.
 
     Needs ``tensorflow-serving-api`` (its protos and service stubs). Returns the started
-    ``grpc.Server`` and the port it bound (``address`` may end in ``:0``).
+    ``grpc.Server`` and the port it bound (``address`` may end in ``:0``). Every error is
+    answered with a gRPC status (``INTERNAL`` for the unexpected, never ``UNKNOWN``); a
+    prediction is bounded by the client's deadline and the server's ``request_timeout``.
     """
-    from concurrent import futures
-
     import grpc
     from tensorflow_serving.apis import (
         get_model_status_pb2,
@@ -366,27 +713,45 @@ def create_grpc_server(
         prediction_service_pb2_grpc,
     )
 
-    def abort(context, error: ServingError):
-        code = getattr(grpc.StatusCode, _GRPC_CODES.get(error.status, "INTERNAL"))
-        context.abort(code, error.message)
+    def answer(context, handler: Callable[[], Any]):
+        try:
+            return handler()
+        except ServingError as error:
+            failure = error
+        except Exception as error:  # answered as INTERNAL, with the server still serving
+            log.exception("internal error")
+            failure = ServingError(500, f"internal error: {type(error).__name__}: {error}")
+        context.abort(getattr(grpc.StatusCode, grpc_code(failure)), failure.message)
 
-    def requested_version(spec) -> str | None:
-        return str(spec.version.value) if spec.HasField("version") else None
+    def requested_version(spec) -> int | None:
+        return spec.version.value if spec.HasField("version") else None
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
+            return answer(context, lambda: self._predict(request, context))
+
+        def _predict(self, request, context):
+            deadline = server.deadline(context.time_remaining())
             spec = request.model_spec
             signature_name = spec.signature_name or "serving_default"
-            try:
+            number, loaded = server.resolve(spec.name, requested_version(spec))
+            specs = _signature(loaded, signature_name).structured_input_signature[1]
+            if set(request.inputs) != set(specs):
+                raise ServingError(
+                    400, f"inputs {sorted(request.inputs)} given; the signature takes {sorted(specs)}"
+                )
+            for key, proto in request.inputs.items():
+                check_tensor_proto(proto, specs[key], key, max_request_bytes // specs[key].dtype.size
+                                   if specs[key].dtype != tf.string else max_request_bytes)
+
+            def compute():
                 try:
                     inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
                 except (TypeError, ValueError) as error:
                     raise ServingError(400, f"malformed input tensor: {error}") from None
-                number, outputs = server.run(
-                    spec.name, requested_version(spec), signature_name, inputs
-                )
-            except ServingError as error:
-                abort(context, error)
+                return _run(loaded, signature_name, inputs)
+
+            outputs = server.call(compute, deadline)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = spec.name
             response.model_spec.version.value = number
@@ -397,16 +762,16 @@ def create_grpc_server(
 
     class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         def GetModelStatus(self, request, context):
-            try:
-                status = server.status(request.model_spec.name, requested_version(request.model_spec))
-            except ServingError as error:
-                abort(context, error)
+            return answer(context, lambda: self._status(request))
+
+        def _status(self, request):
+            status = server.status(request.model_spec.name, requested_version(request.model_spec))
             response = get_model_status_pb2.GetModelStatusResponse()
             for entry in status["model_version_status"]:
                 item = response.model_version_status.add()
                 item.version = int(entry["version"])
                 item.state = get_model_status_pb2.ModelVersionStatus.State.Value(entry["state"])
-                item.status.error_code = 0 if entry["status"]["error_code"] == "OK" else 2  # UNKNOWN
+                item.status.error_code = getattr(tf.errors, entry["status"]["error_code"])
                 item.status.error_message = entry["status"]["error_message"]
             return response
 
@@ -422,13 +787,29 @@ def create_grpc_server(
     return grpc_server, port
 
 
+def _refuse_constant(name: str):
+    raise ServingError(400, f"JSON Parse error: {name} is not a number a tensor can hold "
+                       "(values must be finite)")
+
+
+def parse_json(data: bytes) -> Any:
+    """A request body as JSON, or a 400 (bad JSON, NaN/Infinity, too deeply nested)."""
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ServingError(400, "JSON Parse error: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ServingError(400, f"JSON Parse error: {error}") from None
+
+
 def create_app(server: ModelServer, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Flask:
     """The Flask application answering TF Serving's REST URLs for ``server``."""
     app = Flask("keras_siamese.serve")
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
 
     def answer(status: int, body: dict) -> Response:
-        return Response(json.dumps(body), status=status, mimetype="application/json")
+        # allow_nan=False: a NaN would make the answer invalid JSON; it becomes a 500 instead.
+        return Response(json.dumps(body, allow_nan=False), status=status, mimetype="application/json")
 
     @app.errorhandler(ServingError)
     def serving_error(error: ServingError):
@@ -452,7 +833,7 @@ def create_app(server: ModelServer, max_request_bytes: int = DEFAULT_MAX_REQUEST
         match = _URL.match(request.path)
         if match is None:
             raise ServingError(404, f"Malformed request: {request.method} {request.path}")
-        name, version = match["name"], match["version"]
+        name, version = match["name"], _parse_version(match["version"])
         method = match["method"]
         if method is None:
             if request.method != "GET":
@@ -466,10 +847,8 @@ def create_app(server: ModelServer, max_request_bytes: int = DEFAULT_MAX_REQUEST
             raise ServingError(501, f":{method} is not implemented by this server; use :predict")
         if method != "predict":
             raise ServingError(404, f"Malformed request: unknown method :{method}")
-        try:
-            body = json.loads(request.get_data(cache=False))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ServingError(400, f"JSON Parse error: {error}") from None
-        return answer(200, server.predict(name, version, body))
+        deadline = server.deadline()
+        body = parse_json(request.get_data(cache=False))
+        return answer(200, server.call(lambda: server.predict(name, version, body), deadline))
 
     return app

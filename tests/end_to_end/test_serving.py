@@ -32,9 +32,12 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 class Server:
-    """`python -m keras_siamese.serve` in a subprocess; `url` once it listens."""
+    """`python -m keras_siamese.serve` in a subprocess; `url` once it listens.
 
-    def __init__(self, base_path, name="siamese", poll=0.2):
+    `extra` are more command-line flags; `output` holds what it printed up to "Serving ...".
+    """
+
+    def __init__(self, base_path, name="siamese", poll=0.2, extra=()):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
@@ -46,6 +49,7 @@ class Server:
                 "--port", "0",
                 "--file_system_poll_wait_seconds", str(poll),
                 "--max_request_bytes", str(MAX_REQUEST_BYTES),
+                *map(str, extra),
             ],
             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
@@ -63,6 +67,14 @@ class Server:
                 return
         self.stop()
         raise RuntimeError("the server did not start:\n" + "".join(self.output)[-3000:])
+
+    def peak_rss_bytes(self) -> int:
+        """The server process's peak resident memory so far (VmHWM)."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc/<pid>/status")
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -255,7 +267,7 @@ BAD_REQUESTS = [
     ("ragged shape", "POST", ":predict", {"inputs": {"left": [[[[1]], [[2], [3]]]], "right": [[[[1]]]]}},
      400, 'input "left" is not a float32 tensor'),
     ("text for pixels", "POST", ":predict", {"signature_name": "embed", "inputs": [[[["a"]]]]}, 400,
-     'input "images" is not a float32 tensor'),
+     'input "images" holds text'),
     ("pixels for files", "POST", ":predict", {"signature_name": "embed_encoded", "inputs": [1, 2]}, 400,
      'input "images" takes strings'),
     ("bad base64", "POST", ":predict", {"signature_name": "embed_encoded", "inputs": [{"b64": "%%%"}]},
@@ -269,6 +281,16 @@ BAD_REQUESTS = [
     ("mismatched row batch", "POST", ":predict", {"signature_name": "embed", "instances": [{"x": 1}]},
      400, "the signature takes"),
     ("unknown version", "POST", "/versions/7:predict", {"inputs": []}, 404, "Specific(siamese, 7)"),
+    # "²".isdigit() is true but int("²") fails: versions are ASCII digits.
+    ("superscript version", "POST", "/versions/²:predict", {"inputs": []}, 400, "Malformed version"),
+    ("superscript version status", "GET", "/versions/²", None, 400, "Malformed version"),
+    ("text version", "GET", "/versions/abc/metadata", None, 400, "Malformed version"),
+    ("null pixel", "POST", ":predict", {"inputs": {"left": [[[[None]]]], "right": [[[[0]]]]}}, 400,
+     'input "left" holds null'),
+    ("NaN pixel", "POST", ":predict", b'{"inputs": {"left": [[[[NaN]]]], "right": [[[[0]]]]}}', 400,
+     "NaN is not a number"),
+    ("list as signature name", "POST", ":predict", {"signature_name": ["embed"], "inputs": [1]}, 400,
+     '"signature_name" must be a string'),
     ("unknown model", "POST", "//other:predict", {"inputs": []}, 404, "Latest(other)"),
     ("unknown model status", "GET", "//other", None, 404, "Could not find any versions of model other"),
     ("GET predict", "GET", ":predict", None, 405, "takes POST"),

@@ -11,6 +11,9 @@ the same limit and refuses non-finite values.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import tensorflow as tf
 
 # Omniglot PNGs are white (255) strokes-on-paper images; the network sees ink as
@@ -295,6 +298,19 @@ def _checked_file(index: tf.Tensor, data: tf.Tensor, max_pixels: int, name: str)
         )
 
 
+@functools.lru_cache(maxsize=None)
+def _file_checker(max_pixels: int) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+    """``_checked_file`` for one limit as a ``tf.function`` with a fixed signature: traced once,
+    and shared by every input of every signature that decodes files, which keeps exports quick."""
+    return tf.function(
+        lambda index, data, name: _checked_file(index, data, max_pixels, name),
+        input_signature=[
+            tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.string)
+        ],
+        autograph=False,
+    )
+
+
 def decode_images(
     encoded: tf.Tensor, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "images"
 ) -> tf.Tensor:
@@ -318,8 +334,10 @@ def decode_images(
             ``max_pixels``.
     """
 
+    check_file = _file_checker(max_pixels)
+
     def decode_one(indexed: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        data = _checked_file(*indexed, max_pixels=max_pixels, name=name)
+        data = check_file(*indexed, tf.constant(name))
         # The file's own channels (decode_image refuses channels=1 for GIFs);
         # expand_animations=False: a GIF gives its first frame, always rank 3.
         image = tf.cast(tf.io.decode_image(data, expand_animations=False), tf.float32)

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import socket
-import subprocess
-import sys
-import time
 
 import keras
 import numpy as np
@@ -53,16 +48,6 @@ def test_versions_are_numbered_up_and_written_whole(model, tmp_path):
     for folder in (first, second):
         assert (folder / "saved_model.pb").is_file()
         assert list((folder / "variables").glob("variables.data-*"))
-
-
-def test_explicit_version_and_existing_version(model, tmp_path):
-    target = export.export_saved_model(model, tmp_path, "m", version=7, views=2)
-    assert target == tmp_path / "m" / "7"
-    with pytest.raises(FileExistsError, match="7"):
-        export.export_saved_model(model, tmp_path, "m", version=7, views=2)
-    assert export.versions(tmp_path / "m") == [7]
-    assert [p.name for p in (tmp_path / "m").iterdir()] == ["7"]
-    assert export.export_saved_model(model, tmp_path, "m", views=2) == tmp_path / "m" / "8"
 
 
 def test_saved_model_holds_one_copy_of_the_weights(model, exported):
@@ -148,17 +133,6 @@ def test_encoded_signature_rejects_what_is_not_an_image(model, exported):
         embed(images=tf.constant([b"this is not an image"]))
 
 
-def test_mixed_precision_export_serves_float32(small_config, omniglot, tmp_path):
-    model = build_siamese(small_config(mixed_precision=True))
-    target = export.export_saved_model(model, tmp_path, "siamese")
-    signatures = tf.saved_model.load(str(target)).signatures
-    images = omniglot["evaluation"].images[:2].astype(np.float32)
-    assert signatures["serving_default"](left=images, right=images)["probability"].dtype == tf.float32
-    assert signatures["embed"](images=images)["embedding"].dtype == tf.float32
-    assert signatures["one_shot"](queries=images, support=images)["scores"].dtype == tf.float32
-    assert signatures["one_shot_tta"](queries=images, support=images)["scores"].dtype == tf.float32
-
-
 @pytest.mark.parametrize("members", [1, 2, "2 and 1, loaded"])
 def test_serving_copy_holds_bfloat16_weights_and_computes_the_same(
     small_config, pairs, tmp_path, members
@@ -188,23 +162,6 @@ def test_serving_copy_holds_bfloat16_weights_and_computes_the_same(
 
 def _twin_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [layer for m in siamese_members(model) for layer in twin_of(m).layers]
-
-
-def test_mixed_precision_export_holds_the_bfloat16_weights_once(small_config, pairs, tmp_path):
-    model = build_siamese(small_config(mixed_precision=True, batch_norm=True))
-    target = export.export_saved_model(model, tmp_path, "siamese")
-    weight_bytes = sum(
-        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-        for v in export.serving_copy(model).variables
-    )
-    assert weight_bytes < 0.6 * sum(int(np.prod(v.shape)) * 4 for v in model.variables)
-    saved_bytes = sum(p.stat().st_size for p in (target / "variables").glob("variables.data-*"))
-    assert weight_bytes <= saved_bytes < 1.3 * weight_bytes
-    served = tf.saved_model.load(str(target)).signatures["serving_default"](**pairs)
-    np.testing.assert_allclose(served["probability"], keras_probabilities(model, pairs), rtol=1e-5, atol=1e-6)
-    # A float32 model has nothing to cast: it is exported as it is.
-    float32_model = build_siamese(small_config())
-    assert export.serving_copy(float32_model) is float32_model
 
 
 # --- Limits, refusals and staging folders ---------------------------------------------------
@@ -289,32 +246,3 @@ def test_a_model_whose_scores_are_not_probabilities_is_not_exported(small_config
     with pytest.raises(ValueError, match="refusing to export: the model's one_shot scores"):
         export.export_saved_model(model, tmp_path, "siamese", views=2)
     assert list(tmp_path.rglob("*")) in ([], [tmp_path / "siamese"])  # no version, no .tmp-*
-
-
-def test_stale_staging_folders_are_removed_and_live_ones_kept(model, tmp_path):
-    model_dir = tmp_path / "siamese"
-    host = socket.gethostname()
-    ended = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
-    )
-    dead_pid = int(ended.stdout)
-    folders = {
-        "dead": model_dir / f".tmp-{dead_pid}-{'a' * 32}-{host}",  # its process has ended
-        "live": model_dir / f".tmp-{os.getpid()}-{'b' * 32}-{host}",  # this process: in progress
-        "other host": model_dir / f".tmp-{dead_pid}-{'c' * 32}-elsewhere",  # cannot be checked
-        "old name": model_dir / ".tmp-0123",  # recent, so it may still be written
-        "old": model_dir / ".tmp-0456",  # untouched for longer than STALE_AFTER_SECONDS
-    }
-    for folder in folders.values():
-        (folder / "variables").mkdir(parents=True)
-        (folder / "variables" / "variables.index").write_bytes(b"partial")
-    long_ago = time.time() - export.STALE_AFTER_SECONDS - 60
-    for path in (folders["old"] / "variables" / "variables.index", folders["old"] / "variables", folders["old"]):
-        os.utime(path, (long_ago, long_ago))
-    assert export.stale_staging(model_dir) == sorted([folders["dead"], folders["old"]])
-    assert export.versions(model_dir) == [] and export.next_version(model_dir) == 1
-    target = export.export_saved_model(model, tmp_path, "siamese", views=2)
-    assert target == model_dir / "1"
-    assert sorted(p.name for p in model_dir.iterdir()) == sorted(
-        ["1", folders["live"].name, folders["other host"].name, folders["old name"].name]
-    )

@@ -50,7 +50,9 @@ import tensorflow as tf
 
 import keras_siamese  # noqa: F401  (registers the custom layer and optimiser for load_model)
 from keras_siamese.augmentation import transform, tta_transforms
-from keras_siamese.config import TTA_SYMMETRIES, TTA_VIEWS, add_tta_arguments, check_tta
+from keras_siamese.config import (
+    TTA_SYMMETRIES, TTA_VIEWS, Bounds, add_tta_arguments, check_tta,
+)
 from keras_siamese.model import head_of, load_models, siamese_members, twin_of
 from keras_siamese.preprocessing import (
     DEFAULT_MAX_PIXELS,
@@ -104,9 +106,11 @@ class ExportLimits:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field.name} must be a positive integer, got {value!r}")
+            _LIMIT_BOUNDS.check(field.name, getattr(self, field.name))
+
+
+# Every limit is a count of at least 1.
+_LIMIT_BOUNDS = Bounds(int, at_least=1)
 
 
 def _images(name: str) -> tf.TensorSpec:
@@ -523,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     for field in dataclasses.fields(ExportLimits):
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
-            type=int,
+            type=_LIMIT_BOUNDS.parser(field.name),
             default=getattr(defaults, field.name),
             help=f"refuse requests over this {field.name} (default: %(default)s; "
             "docs/serving.md, Limits)",
@@ -535,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     try:
         model = load_models(args.model)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # missing, or truncated (UnreadableFileError)
         parser.error(str(error))
     try:
         target = export_saved_model(

@@ -183,7 +183,7 @@ def test_default_limits_and_their_signature(exported):
     assert {k: int(v.numpy()) for k, v in served.items()} == {
         "max_pixels": 2048 * 2048, "max_images": 256, "max_pairs": 16_384
     }  # fmt: skip
-    with pytest.raises(ValueError, match="max_images must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="max_images must be at least 1, got 0"):
         export.ExportLimits(max_images=0)
 
 

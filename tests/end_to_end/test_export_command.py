@@ -124,23 +124,16 @@ def test_export_command_on_a_run_folder(trained_run, lake_runs, run_python, tmp_
     assert not np.allclose(tta, evaluation.SiameseScorer(best, views=2)(tasks)[:20], atol=1e-3)
 
 
-def test_export_command_refuses_too_few_views(trained_run, run_python, tmp_path):
+@pytest.mark.parametrize(
+    "flags, message",
+    [(("--tta-views", "1"), "tta_views must be at least 2, got 1"),
+     (("--max-pairs", "0"), "max_pairs must be at least 1, got 0")],
+)  # fmt: skip
+def test_export_command_refuses_an_option_out_of_range(flags, message, trained_run, run_python, tmp_path):
     _, run_dir, _, _ = trained_run
-    result = run_python(
-        "-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path / "out", "--tta-views", "1"
-    )
+    result = run_python("-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path / "out", *flags)
     assert result.returncode != 0
-    assert "tta_views must be at least 2, got 1" in result.stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_export_command_refuses_a_limit_below_one(trained_run, run_python, tmp_path):
-    _, run_dir, _, _ = trained_run
-    result = run_python(
-        "-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path / "out", "--max-pairs", "0"
-    )
-    assert result.returncode != 0
-    assert "max_pairs must be a positive integer, got 0" in result.stderr
+    assert message in result.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -104,6 +104,12 @@ class Tally:
         self.versions = {1: 0, 2: 0}
         self.notes: list[str] = []
 
+    def bad_request(self, refused: bool) -> None:
+        """Counts a bad request, and whether the server refused it as it should."""
+        with self.lock:
+            self.bad += 1
+            self.bad_misanswered += not refused
+
     def note(self, message: str) -> None:
         with self.lock:
             if len(self.notes) < 10:
@@ -141,9 +147,7 @@ def rest_client(url: str, good: list[dict], expected: list[dict], stop: Stop, ta
                 ok = response.status_code == 400 and "error" in response.json()
             except (requests.RequestException, ValueError):
                 ok = False
-            with tally.lock:
-                tally.bad += 1
-                tally.bad_misanswered += not ok
+            tally.bad_request(ok)
             continue
         k = i % len(good)
         start = time.perf_counter()
@@ -200,9 +204,7 @@ def grpc_client(target: str, good: list[dict], expected: list[dict], stop: Stop,
                 ok = False
             except grpc.RpcError as error:
                 ok = error.code() == grpc.StatusCode.INVALID_ARGUMENT
-            with tally.lock:
-                tally.bad += 1
-                tally.bad_misanswered += not ok
+            tally.bad_request(ok)
             continue
         k = i % len(good)
         start = time.perf_counter()

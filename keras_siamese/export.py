@@ -53,7 +53,7 @@ from keras_siamese.augmentation import transform, tta_transforms
 from keras_siamese.config import (
     TTA_SYMMETRIES, TTA_VIEWS, Bounds, add_tta_arguments, check_tta,
 )
-from keras_siamese.model import head_of, load_models, siamese_members, twin_of
+from keras_siamese.model import head_of, load_models, non_finite_weights, siamese_members, twin_of
 from keras_siamese.preprocessing import (
     DEFAULT_MAX_PIXELS,
     _text,
@@ -410,16 +410,10 @@ def remove_stale_staging(model_dir: str | Path) -> list[Path]:
 
 def _check_weights(model: keras.Model) -> None:
     """Raises ValueError naming the first weight of ``model`` that holds NaN or infinity."""
-    for variable in model.variables:
-        if not np.issubdtype(np.dtype(variable.dtype), np.floating):
-            continue
-        values = np.asarray(variable.numpy(), np.float32)
-        if not np.all(np.isfinite(values)):
-            bad = "NaN" if np.isnan(values).any() else "infinite values"
-            raise ValueError(
-                f"refusing to export: weight {variable.path} holds {bad} "
-                f"({int(np.sum(~np.isfinite(values)))} of {values.size})"
-            )
+    for path, bad, size in non_finite_weights(model)[:1]:
+        variable = next(v for v in model.variables if v.path == path)
+        kind = "NaN" if np.isnan(np.asarray(variable.numpy(), np.float32)).any() else "infinite values"
+        raise ValueError(f"refusing to export: weight {path} holds {kind} ({bad} of {size})")
 
 
 def _probe(signatures: dict, image_size: int, limits: ExportLimits) -> None:

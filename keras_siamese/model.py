@@ -377,6 +377,22 @@ def load_models(paths: Sequence[str | Path]) -> keras.Model:
     return models[0] if len(models) == 1 else build_ensemble(models)
 
 
+def non_finite_weights(model: keras.Model) -> list[tuple[str, int, int]]:
+    """The floating-point variables of ``model`` holding NaN or infinity: for each, its path,
+    how many of its values are not finite, and how many values it has."""
+    import numpy as np
+
+    found = []
+    for variable in model.variables:
+        if not np.issubdtype(np.dtype(variable.dtype), np.floating):
+            continue
+        values = np.asarray(variable.numpy(), np.float32)
+        bad = int(values.size - np.isfinite(values).sum())
+        if bad:
+            found.append((variable.path, bad, values.size))
+    return found
+
+
 def twin_of(model: keras.Model) -> keras.Sequential:
     """The shared twin CNN inside a Siamese model."""
     return model.get_layer("twin")

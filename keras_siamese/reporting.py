@@ -167,7 +167,9 @@ def check_trained(model: keras.Model, best_val: float | None, way: int, tasks: i
     """
     import numpy as np
 
-    bad = sum(int(np.size(w) - np.isfinite(np.asarray(w, np.float32)).sum()) for w in model.weights)
+    from keras_siamese.model import non_finite_weights
+
+    bad = sum(count for _, count, _ in non_finite_weights(model))
     if bad:
         raise RefusedModelError(
             f"the trained network has {bad:,} NaN or infinite weights (training diverged); it is "

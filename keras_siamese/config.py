@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 PAIR_SAMPLING = ("random", "all", "alphabet")
+# Grey-scale or colour input.
+CHANNELS = (1, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,8 @@ BOUNDS: dict[str, Bounds] = {
     "val_pair_steps": Bounds(int, at_least=1),
     "max_minutes": Bounds(float, at_least=0),
     "members": Bounds(int, at_least=1),
+    "shots": Bounds(int, at_least=1),
+    "target_far": Bounds(float, above=0, below=1),
 }
 
 
@@ -114,7 +118,8 @@ class ModelConfig:
     """Architecture of the twin CNN; the defaults are the paper's.
 
     Attributes:
-        image_size: side of the square grey-scale input.
+        image_size: side of the square input.
+        channels: 1 for grey-scale input (Omniglot), 3 for colour.
         filters: output channels of the four convolutions.
         kernel_sizes: kernel sides of the four convolutions.
         dense_units: size of the embedding (the sigmoid dense layer).
@@ -130,6 +135,7 @@ class ModelConfig:
     """
 
     image_size: int = 105
+    channels: int = 1
     filters: tuple[int, ...] = (64, 128, 128, 256)
     kernel_sizes: tuple[int, ...] = (10, 7, 4, 4)
     dense_units: int = 4096
@@ -141,6 +147,8 @@ class ModelConfig:
 
     def __post_init__(self):
         _check_bounds(self)
+        if self.channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {CHANNELS}, got {self.channels!r}")
         for i, n in enumerate(self.filters):
             BOUNDS["dense_units"].check(f"filters[{i}]", n)
         if len(self.filters) != len(self.kernel_sizes):
@@ -194,6 +202,9 @@ class TrainConfig:
         distortion_strength: multiplies the ranges of those distortions
             (``augmentation.Distortion.scaled``; 1: the paper's). Test-time
             augmentation keeps the paper's ranges.
+        flip: mirror each training image left to right with probability 0.5, each image
+            of a pair on its own, as a part of the distortion (with ``distort``): for
+            photographs whose mirror image is the same class, not for characters.
         quarter_turns: turn each training character by a random number of
             quarter turns, the drawings of one character alike (four times the
             characters to tell apart; ``augmentation.turn_or_mirror``).
@@ -212,6 +223,15 @@ class TrainConfig:
             in the exported ``one_shot_tta`` signatures (at least 2).
         tta_symmetries: the symmetries those views cycle through, one of
             ``TTA_SYMMETRY_CHOICES``.
+        images: a folder of the user's own image classes to train and evaluate on
+            (``data.read_image_folder``) instead of Omniglot; None for Omniglot.
+        init_from: a trained run folder or ``.keras`` file whose weights start training
+            (fine-tuning) instead of a fresh initialisation; it must have the same
+            architecture.
+        shots: K of the K-shot tasks reported on a folder's test classes (with 1-shot).
+        target_far: with a folder, the "none of these" threshold is the one whose
+            false-accept rate on validation pairs is at most this; None: the equal error
+            rate's threshold.
         machine_adaptation: how the preset is adapted to the machine the run first trains
             on (``hardware.adapt_to_machine``), recorded for the run folder; empty where
             nothing is decided for the machine.
@@ -239,6 +259,7 @@ class TrainConfig:
     within_alphabet: float = 0.0
     distort: bool = True
     distortion_strength: float = 1.0
+    flip: bool = False
     quarter_turns: bool = False
     mirror: bool = False
     val_tasks: int = 320
@@ -248,6 +269,10 @@ class TrainConfig:
     members: int = 1
     tta_views: int = TTA_VIEWS
     tta_symmetries: int = TTA_SYMMETRIES
+    images: str | None = None
+    init_from: str | None = None
+    shots: int = 5
+    target_far: float | None = None
     machine_adaptation: str = ""
 
     def __post_init__(self):
@@ -387,8 +412,32 @@ PRESETS: dict[str, TrainConfig] = {
         val_pair_steps=1,
         max_minutes=None,
     ),
+    # A user's own folder of classes (``--images``, ``data.read_image_folder``): the cpu
+    # network trained on every pair of batches of 16 classes x 4 images, for a few minutes
+    # on a few hundred images. Quarter turns suit characters, not photographs; mirroring
+    # whole classes (twice the classes to tell apart) does suit photographs. The epoch is
+    # kept on one-shot tasks of the folder's validation classes, and test-time augmentation
+    # uses distortions only. ``fit`` fits the batches and the N of N-way tasks to the folder
+    # (``reporting.fit_to_folder``). docs/your_images.md measures these choices.
+    "folder": _CPU.replace(
+        preset="folder",
+        batch_alphabets=1,
+        batch_characters=16,
+        batch_drawers=4,
+        steps_per_epoch=100,
+        epochs=30,
+        patience=30,
+        lr_decay=0.93,
+        quarter_turns=False,
+        mirror=True,
+        val_tasks=1000,
+        max_minutes=6.0,
+        tta_symmetries=1,
+    ),
 }
 DEFAULT_PRESET = "cpu"
+# The preset of a run on a folder of images (``--images``) unless told otherwise.
+FOLDER_PRESET = "folder"
 
 # Mixed bfloat16 versions of presets, as changes to them. Where bfloat16 is fast, a cpu step
 # is faster and more epochs fit in the time limit, so the recipe plans 75 epochs at x0.97 per

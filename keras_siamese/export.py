@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -43,6 +44,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -72,7 +74,16 @@ SIGNATURES = (
     "one_shot_tta",
     "one_shot_tta_encoded",
     "limits",
+    "compare",
+    "model_info",
 )
+
+# The decision threshold for "none of these" when none was chosen on validation classes:
+# the probability at which the network's own training makes "same" and "different" equal.
+DEFAULT_THRESHOLD = 0.5
+
+# Distances (query x support row x embedding unit) that ``compare`` computes at a time.
+_COMPARE_ELEMENTS = 1 << 20
 
 # A staging folder not modified for this long is stale whoever wrote it; exports take seconds.
 STALE_AFTER_SECONDS = 3600
@@ -98,11 +109,14 @@ class ExportLimits:
             ``Q`` and ``K`` of ``queries`` and ``support``).
         max_pairs: ``Q * K`` of a ``one_shot`` request, the size of its
             ``(Q, K, d)`` comparison.
+        max_gallery: ``K``, the support embeddings of a ``compare`` request (a gallery,
+            compared in chunks, so its memory does not grow with ``Q * K``).
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_images: int = 256
     max_pairs: int = 16_384
+    max_gallery: int = 1_000_000
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -113,8 +127,8 @@ class ExportLimits:
 _LIMIT_BOUNDS = Bounds(int, at_least=1)
 
 
-def _images(name: str) -> tf.TensorSpec:
-    return tf.TensorSpec((None, None, None, 1), tf.float32, name=name)
+def _images(name: str, channels: int) -> tf.TensorSpec:
+    return tf.TensorSpec((None, None, None, channels), tf.float32, name=name)
 
 
 def _encoded(name: str) -> tf.TensorSpec:
@@ -160,17 +174,34 @@ def serving_copy(model: keras.Model) -> keras.Model:
     return copy
 
 
+def model_id(model: keras.Model) -> str:
+    """A fingerprint of ``model``'s weights: equal for two exports of the same network.
+
+    A gallery of embeddings records it, so that it is never compared with embeddings of
+    another network (``gallery``).
+    """
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value))
+        digest.update(f"{variable.path}:{value.dtype}:{value.shape};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _build_module(
     model: keras.Model,
     views: int = TTA_VIEWS,
     symmetries: int = TTA_SYMMETRIES,
     seed: int = 0,
     limits: ExportLimits = ExportLimits(),
+    info: dict | None = None,
 ) -> tuple[tf.Module, dict]:
     """A ``tf.Module`` with the serving endpoints of ``model`` (a Siamese model or an ensemble),
-    each refusing requests over ``limits``."""
+    each refusing requests over ``limits``; ``model_info`` returns ``info`` (``model_info``)."""
+    info = info if info is not None else _model_info(model, DEFAULT_THRESHOLD)
     model = serving_copy(model)
     size = model.input["left"].shape[1]
+    channels = model.input["left"].shape[-1]
     query_rows, support_rows = tta_transforms(views, size, seed, symmetries=symmetries)
     members = [(twin_of(m), head_of(m)) for m in siamese_members(model)]
     module = tf.Module()
@@ -192,6 +223,50 @@ def _build_module(
             for (_, head), q, s in zip(members, queries, support)
         ]
         return tf.add_n(per_member) / len(members)
+
+    def finite_scores_of(queries, support):
+        # scores_of, refusing embeddings that give a non-finite distance: a NaN or infinite
+        # value in a query or a support embedding makes its logits NaN or infinite. Checked
+        # on the (Q, chunk) logits rather than on the (K, d) support: a pass over the
+        # support costs more than the comparison itself when Q = 1.
+        per_member = []
+        for (_, head), q, s in zip(members, queries, support):
+            logits = head.distance_logits(
+                tf.cast(q, head.compute_dtype)[:, None, :], tf.cast(s, head.compute_dtype)[None, :, :]
+            )
+            logits = tf.debugging.assert_all_finite(
+                logits, "query_embeddings, support_embeddings: NaN or infinite values"
+            )
+            per_member.append(tf.cast(head.activation(logits)[..., 0], tf.float32))
+        return tf.add_n(per_member) / len(members)
+
+    widths = [int(twin.output.shape[-1]) for twin, _ in members]
+    width = sum(widths)
+
+    def compared(queries, support):
+        # The support is sliced into chunks of about _COMPARE_ELEMENTS / (Q * width) rows, so
+        # the (Q, chunk, d) distances stay in a core's cache whatever Q and K; nothing is
+        # padded or copied.
+        q, k = tf.shape(queries)[0], tf.shape(support)[0]
+        chunk = tf.clip_by_value(_COMPARE_ELEMENTS // tf.maximum(q * width, 1), 1, tf.maximum(k, 1))
+        # One step at least: an empty support gives (Q, 0) scores.
+        steps = tf.maximum((k + chunk - 1) // chunk, 1)
+
+        def step(i, scores):
+            rows = support[i * chunk : (i + 1) * chunk]
+            chunk_scores = finite_scores_of(
+                tf.split(queries, widths, axis=1), tf.split(rows, widths, axis=1)
+            )
+            # (rows, Q): the chunks are concatenated along the support.
+            return i + 1, scores.write(i, tf.transpose(chunk_scores))
+
+        _, scores = tf.while_loop(
+            lambda i, _: i < steps,
+            step,
+            (0, tf.TensorArray(tf.float32, size=steps, infer_shape=False,
+                               element_shape=tf.TensorShape([None, None]))),
+        )  # fmt: skip
+        return tf.transpose(scores.concat())
 
     def pair(left, right):
         # The full model, exactly as trained: twin on both sides, then the head.
@@ -253,11 +328,26 @@ def _build_module(
 
     def files(**named):
         return [
-            decode_images(x, size, limits.max_pixels, name)
+            decode_images(x, size, limits.max_pixels, name, channels)
             for name, x in zip(named, counted(*named.items()))
         ]
 
-    @tf.function(input_signature=[_images("left"), _images("right")])
+    def embeddings(queries, support):
+        # Embeddings from a client: as many as the limits allow, of the network's width, finite.
+        q, k = (tf.shape(x, out_type=tf.int64)[0] for x in (queries, support))
+        checks = [
+            tf.debugging.Assert(q <= limits.max_images, [_text(
+                "query_embeddings: ", q, f" rows, over the export limit max_images={limits.max_images}"
+            )]),
+            tf.debugging.Assert(k <= limits.max_gallery, [_text(
+                "support_embeddings: ", k,
+                f" rows, over the export limit max_gallery={limits.max_gallery}",
+            )]),
+        ]  # fmt: skip
+        with tf.control_dependencies(checks):
+            return tf.identity(queries), tf.identity(support)
+
+    @tf.function(input_signature=[_images("left", channels), _images("right", channels)])
     def serving_default(left, right):
         """Same-character probability of each (left, right) pair of images."""
         return pair(*pixels(left=left, right=right))
@@ -267,7 +357,7 @@ def _build_module(
         """Same-character probability of each (left, right) pair of image files."""
         return pair(*files(left=left, right=right))
 
-    @tf.function(input_signature=[_images("images")])
+    @tf.function(input_signature=[_images("images", channels)])
     def embed(images):
         """The twin network's feature vector of each image."""
         return {"embedding": embed_inputs(*pixels(images=images))}
@@ -277,7 +367,7 @@ def _build_module(
         """The twin network's feature vector of each image file."""
         return {"embedding": embed_inputs(*files(images=images))}
 
-    @tf.function(input_signature=[_images("queries"), _images("support")])
+    @tf.function(input_signature=[_images("queries", channels), _images("support", channels)])
     def one_shot_(queries, support):
         """Scores of each query against each support image, and the best one."""
         return one_shot(*pixels(queries=queries, support=support))
@@ -287,7 +377,7 @@ def _build_module(
         """``one_shot`` for image files."""
         return one_shot(*files(queries=queries, support=support))
 
-    @tf.function(input_signature=[_images("queries"), _images("support")])
+    @tf.function(input_signature=[_images("queries", channels), _images("support", channels)])
     def one_shot_tta_(queries, support):
         """``one_shot`` with test-time augmentation: scores averaged over fixed views."""
         return one_shot_tta(*pixels(queries=queries, support=support))
@@ -305,6 +395,25 @@ def _build_module(
             for field in dataclasses.fields(limits)
         }
 
+    @tf.function(input_signature=[
+        tf.TensorSpec((None, width), tf.float32, name="query_embeddings"),
+        tf.TensorSpec((None, width), tf.float32, name="support_embeddings"),
+    ])  # fmt: skip
+    def compare(query_embeddings, support_embeddings):
+        """Scores of each query against each support embedding (from ``embed``): a gallery."""
+        return {"scores": compared(*embeddings(query_embeddings, support_embeddings))}
+
+    @tf.function(input_signature=[])
+    def model_info_():
+        """The network's fingerprint, its decision threshold and input (``model_info``)."""
+        return {
+            "model_id": tf.constant(info["model_id"]),
+            "threshold": tf.constant(info["threshold"], tf.float32),
+            "embedding_size": tf.constant(info["embedding_size"], tf.int64),
+            "image_size": tf.constant(info["image_size"], tf.int64),
+            "channels": tf.constant(info["channels"], tf.int64),
+        }
+
     signatures = {
         "serving_default": serving_default,
         "pair_encoded": pair_encoded,
@@ -315,6 +424,8 @@ def _build_module(
         "one_shot_tta": one_shot_tta_,
         "one_shot_tta_encoded": one_shot_tta_encoded,
         "limits": limits_,
+        "compare": compare,
+        "model_info": model_info_,
     }
     for name, function in signatures.items():
         setattr(module, name, function)
@@ -416,13 +527,25 @@ def _check_weights(model: keras.Model) -> None:
         raise ValueError(f"refusing to export: weight {path} holds {kind} ({bad} of {size})")
 
 
-def _probe(signatures: dict, image_size: int, limits: ExportLimits) -> None:
+def _model_info(model: keras.Model, threshold: float) -> dict:
+    """What the ``model_info`` signature and ``assets.extra/model.json`` say of ``model``."""
+    shape = model.input["left"].shape
+    return {
+        "model_id": model_id(model),
+        "threshold": float(threshold),
+        "embedding_size": sum(int(twin_of(m).output.shape[-1]) for m in siamese_members(model)),
+        "image_size": int(shape[1]),
+        "channels": int(shape[-1]),
+    }
+
+
+def _probe(signatures: dict, image_size: int, channels: int, limits: ExportLimits) -> None:
     """Runs ``one_shot`` on blank and random images, one pair a call (within any limits);
     raises ValueError unless every score is a finite probability."""
     side = min(image_size, math.isqrt(limits.max_pixels))
     rng = np.random.default_rng(0)
-    images = [np.full((1, side, side, 1), 255.0, np.float32)] + [
-        rng.integers(0, 256, (1, side, side, 1)).astype(np.float32) for _ in range(2)
+    images = [np.full((1, side, side, channels), 255.0, np.float32)] + [
+        rng.integers(0, 256, (1, side, side, channels)).astype(np.float32) for _ in range(2)
     ]
     scores = [
         float(signatures["one_shot"](queries=q, support=s)["scores"].numpy()[0, 0])
@@ -444,6 +567,7 @@ def export_saved_model(
     views: int = TTA_VIEWS,
     symmetries: int = TTA_SYMMETRIES,
     limits: ExportLimits = ExportLimits(),
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> Path:
     """Writes ``model`` as ``<export_dir>/<name>/<version>/`` atomically.
 
@@ -462,6 +586,9 @@ def export_saved_model(
             ``augmentation.view_transforms``).
         limits: the most work one request may ask (:class:`ExportLimits`); the
             ``limits`` signature and ``assets.extra/limits.json`` record them.
+        threshold: the score below which a query matches none of the support images,
+            chosen on validation classes; the ``model_info`` signature and
+            ``assets.extra/model.json`` record it with the network's :func:`model_id`.
 
     Returns:
         The folder of the new version.
@@ -473,21 +600,50 @@ def export_saved_model(
     """
     check_tta(views, symmetries)
     _check_weights(model)
-    model_dir = Path(export_dir) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(model_dir)
-    if version is not None and (model_dir / str(version)).exists():
-        raise FileExistsError(f"{model_dir / str(version)} already exists")
-    module, signatures = _build_module(model, views, symmetries, limits=limits)
-    _probe(signatures, model.input["left"].shape[1], limits)
-    staging = model_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{socket.gethostname()}"
-    try:
+    if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+    info = _model_info(model, threshold)
+
+    def write(staging: Path) -> None:
+        module, signatures = _build_module(model, views, symmetries, limits=limits, info=info)
+        _probe(signatures, info["image_size"], info["channels"], limits)
         tf.saved_model.save(module, str(staging), signatures=signatures)
         # assets.extra is for the SavedModel's users; TF Serving does not read it.
         (staging / "assets.extra").mkdir(exist_ok=True)
         (staging / "assets.extra" / "limits.json").write_text(
             json.dumps(dataclasses.asdict(limits), indent=2) + "\n"
         )
+        (staging / "assets.extra" / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    return write_version(Path(export_dir) / name, version, write)
+
+
+def write_version(
+    model_dir: str | Path, version: int | None, write: Callable[[Path], None]
+) -> Path:
+    """Writes a new version folder under ``model_dir`` atomically.
+
+    ``write(staging)`` fills a hidden staging folder, which is then renamed to the version's
+    number: a model server never sees a half-written version. Stale staging folders of earlier
+    exports are removed first (:func:`stale_staging`).
+
+    Args:
+        model_dir: the model's folder, ``<export_dir>/<name>``.
+        version: the version number; None for one more than the highest present (the next free
+            one if a concurrent export takes it first).
+        write: writes the SavedModel into the folder it is given.
+
+    Raises:
+        FileExistsError: ``version`` is given and already exported.
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(model_dir)
+    if version is not None and (model_dir / str(version)).exists():
+        raise FileExistsError(f"{model_dir / str(version)} already exists")
+    staging = model_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{socket.gethostname()}"
+    try:
+        write(staging)
         while True:
             target = model_dir / str(version if version is not None else next_version(model_dir))
             try:
@@ -500,6 +656,15 @@ def export_saved_model(
                 # A concurrent export took this version: take the next one.
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run_threshold(source: str) -> float:
+    """The threshold a run folder's ``metrics.json`` records, else ``DEFAULT_THRESHOLD``."""
+    metrics = Path(source) / "metrics.json"
+    try:
+        return float(json.loads(metrics.read_text())["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_THRESHOLD
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -517,6 +682,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="siamese", help="model name (default: %(default)s)")
     parser.add_argument("--version", type=int, default=None, help="version (default: next)")
     add_tta_arguments(parser)
+    parser.add_argument(
+        "--threshold", type=Bounds(float, at_least=0, at_most=1).parser("threshold"), default=None,
+        help="the score below which a query matches none of the support images (default: the "
+        "threshold in a run folder's metrics.json, chosen on validation classes, else "
+        f"{DEFAULT_THRESHOLD})",
+    )  # fmt: skip
     defaults = ExportLimits()
     for field in dataclasses.fields(ExportLimits):
         parser.add_argument(
@@ -528,17 +699,20 @@ def main(argv: list[str] | None = None) -> None:
         )
     args = parser.parse_args(argv)
     try:
-        limits = ExportLimits(args.max_pixels, args.max_images, args.max_pairs)
+        limits = ExportLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportLimits)})
     except ValueError as error:
         parser.error(str(error))
     try:
         model = load_models(args.model)
     except (FileNotFoundError, ValueError) as error:  # missing, or truncated (UnreadableFileError)
         parser.error(str(error))
+    threshold = args.threshold
+    if threshold is None:
+        threshold = _run_threshold(args.model) if len(args.model) == 1 else DEFAULT_THRESHOLD
     try:
         target = export_saved_model(
             model, args.export_dir, args.name, args.version, args.tta_views,
-            args.tta_symmetries, limits,
+            args.tta_symmetries, limits, threshold,
         )  # fmt: skip
     except ValueError as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")

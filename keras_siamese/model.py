@@ -190,7 +190,7 @@ def build_twin(config: ModelConfig = ModelConfig()) -> keras.Sequential:
     """
     dtype = "mixed_bfloat16" if config.mixed_precision else "float32"
     layers: list[keras.layers.Layer] = [
-        keras.Input((config.image_size, config.image_size, 1), name="image")
+        keras.Input((config.image_size, config.image_size, config.channels), name="image")
     ]
     last = len(config.filters) - 1
     for i, (filters, kernel) in enumerate(zip(config.filters, config.kernel_sizes)):
@@ -235,7 +235,7 @@ def build_siamese(config: ModelConfig = ModelConfig()) -> keras.Model:
     """The Siamese network: one shared twin applied to ``left`` and ``right``.
 
     Returns a functional model taking ``{"left": x1, "right": x2}`` (each
-    ``(N, S, S, 1)`` float32, ink = 1) and returning the float32 probability
+    ``(N, S, S, C)`` float32, ink = 1) and returning the float32 probability
     ``(N, 1)`` that both images show the same character.
     """
     size = config.image_size
@@ -250,8 +250,8 @@ def build_siamese(config: ModelConfig = ModelConfig()) -> keras.Model:
         if side < 1:
             raise ValueError(f"image_size {size} is too small for 'valid' padding")
     twin = build_twin(config)
-    left = keras.Input((size, size, 1), name="left")
-    right = keras.Input((size, size, 1), name="right")
+    left = keras.Input((size, size, config.channels), name="left")
+    right = keras.Input((size, size, config.channels), name="right")
     head_l2 = config.l2[-1]
     _, dense_init, bias_init = _initialisers(config)
     head = WeightedL1(
@@ -297,15 +297,14 @@ class AllPairs(keras.layers.Layer):
 def build_all_pairs_trainer(siamese: keras.Model, groups: int = 1) -> keras.Model:
     """A training view of ``siamese`` that scores every pair of a batch of images.
 
-    Takes ``(B, S, S, 1)`` images and returns the ``(G, n, n)`` probabilities
+    Takes ``(B, S, S, C)`` images and returns the ``(G, n, n)`` probabilities
     that images ``i`` and ``j`` of group ``g`` (images ``g n .. g n + n - 1``,
     ``n = B / G``) show the same character; ``groups=1`` pairs the whole batch.
     It shares the twin and the head of ``siamese``, so fitting it trains
     ``siamese``: each batch costs ``B`` twin passes for ``G n (n - 1) / 2``
     distinct pairs, where the paper's pair batches cost two passes per pair.
     """
-    size = siamese.input["left"].shape[1]
-    images = keras.Input((size, size, 1), name="images")
+    images = keras.Input(siamese.input["left"].shape[1:], name="images")
     pairs = AllPairs(head_of(siamese), groups, name="all_pairs")
     return keras.Model(images, pairs(twin_of(siamese)(images)), name="siamese_all_pairs")
 
@@ -323,17 +322,17 @@ def build_ensemble(members: Sequence[keras.Model]) -> keras.Model:
     An ensemble among ``members`` contributes its own members: ensembles nest flat.
 
     Raises:
-        ValueError: no members, or members with different input sizes.
+        ValueError: no members, or members with different input shapes.
     """
     members = [member for model in members for member in siamese_members(model)]
     if not members:
         raise ValueError("an ensemble needs at least one member")
-    sizes = {member.input["left"].shape[1] for member in members}
-    if len(sizes) != 1:
-        raise ValueError(f"ensemble members take different image sizes: {sorted(sizes)}")
-    size = sizes.pop()
-    left = keras.Input((size, size, 1), name="left")
-    right = keras.Input((size, size, 1), name="right")
+    shapes = {tuple(member.input["left"].shape[1:]) for member in members}
+    if len(shapes) != 1:
+        raise ValueError(f"ensemble members take different image shapes: {sorted(shapes)}")
+    shape = shapes.pop()
+    left = keras.Input(shape, name="left")
+    right = keras.Input(shape, name="right")
     outputs = []
     for i, member in enumerate(members):
         member.name = f"member{i + 1}"

@@ -39,32 +39,72 @@ _VP8, _VP8L, _VP8X = (0x56, 0x50, 0x38, 0x20), (0x56, 0x50, 0x38, 0x4C), (0x56, 
 _JXL, _JXL_CONTAINER = (0xFF, 0x0A), (0, 0, 0, 0x0C, 0x4A, 0x58, 0x4C, 0x20)
 
 
-def to_model_input(images: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Convert grey-scale images to the network's input.
+def fit_to_square(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Resize images to ``image_size`` squares, keeping their aspect ratio.
+
+    An image that is not square is first padded to a square, centred, with the mean of its
+    own border pixels (per channel): a photograph's background or a page's paper, whatever
+    the image has, never a colour assumed for a domain. Then "area" resizing averages the
+    pixels that fall into each output pixel, so thin strokes stay visible when downsampling
+    instead of aliasing away. Square images are only resized; at the same size (possible when
+    the size is only known at run time) the pixels are copied unchanged.
 
     Args:
-        images: uint8 (or float in [0, 255]) tensor of shape `(..., H, W, 1)`
-            with 255 = white background and 0 = ink, as stored in Omniglot.
-            Any size: images are resized to `image_size`.
+        images: float tensor ``(..., H, W, C)`` of rank 3 or 4, in any value range.
+        image_size: side of the square result.
+
+    Returns:
+        float32 tensor ``(..., image_size, image_size, C)``.
+    """
+    x = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    height, width = x.shape[-3], x.shape[-2]
+    if height is None or width is None or height != width:
+        h, w = tf.shape(x)[-3], tf.shape(x)[-2]
+
+        def padded():
+            side = tf.maximum(h, w)
+            border = tf.concat(
+                [x[..., 0, :, :], x[..., -1, :, :], x[..., :, 0, :], x[..., :, -1, :]], axis=-2
+            )
+            fill = tf.reduce_mean(border, axis=-2, keepdims=True)[..., None, :, :]
+            top, left = (side - h) // 2, (side - w) // 2
+            paddings = tf.stack([[top, side - h - top], [left, side - w - left], [0, 0]])
+            if x.shape.rank == 4:
+                paddings = tf.concat([[[0, 0]], paddings], axis=0)
+            # Padding x - fill with zeros pads x with fill, one value per image and channel.
+            return tf.pad(x - fill, paddings) + fill
+
+        if height is not None and width is not None:
+            x = padded()
+        else:  # known at run time only: square images pass exactly as they are
+            side = tf.maximum(h, w)
+            shape = tf.concat([tf.shape(x)[:-3], [side, side], tf.shape(x)[-1:]], axis=0)
+            x = tf.cond(tf.equal(h, w), lambda: x, lambda: tf.reshape(padded(), shape))
+    if x.shape[-3] != image_size or x.shape[-2] != image_size:
+        x = tf.image.resize(x, (image_size, image_size), method="area")
+    return x
+
+
+def to_model_input(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Convert images to the network's input.
+
+    Args:
+        images: uint8 (or float in [0, 255]) tensor of shape `(..., H, W, C)`, rank 3 or 4,
+            with C = 1 (grey) or 3 (colour); for Omniglot 255 = white background and 0 = ink.
+            Any size: images are fitted to `image_size` squares (:func:`fit_to_square`).
         image_size: side of the square image the network takes.
 
     Returns:
-        float32 tensor `(..., image_size, image_size, 1)`, ink = 1, paper = 0.
+        float32 tensor `(..., image_size, image_size, C)`, `1 - pixel / 255`: ink = 1 and
+        paper = 0 for a drawing. The same fixed map applies to every image, photographs too.
     """
     images = tf.convert_to_tensor(images)
-    if images.shape.rank not in (3, 4) or images.shape[-1] != 1:
+    if images.shape.rank not in (3, 4) or images.shape[-1] not in (1, 3):
         raise ValueError(
-            f"expected grey-scale images of shape (H, W, 1) or (N, H, W, 1), "
-            f"got {images.shape}"
+            f"expected grey-scale or colour images of shape (H, W, C) or (N, H, W, C) with "
+            f"C = 1 or 3, got {images.shape}"
         )
-    x = 1.0 - tf.cast(images, tf.float32) / 255.0
-    if x.shape[-3] != image_size or x.shape[-2] != image_size:
-        # "area" averages the pixels that fall into each output pixel: thin
-        # strokes stay visible when downsampling instead of aliasing away. At
-        # the same size (possible when the size is only known at run time) it
-        # copies the pixels unchanged.
-        x = tf.image.resize(x, (image_size, image_size), method="area")
-    return x
+    return fit_to_square(1.0 - tf.cast(images, tf.float32) / 255.0, image_size)
 
 
 def _text(*parts) -> tf.Tensor:
@@ -312,11 +352,16 @@ def _file_checker(max_pixels: int) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor]
 
 
 def decode_images(
-    encoded: tf.Tensor, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "images"
+    encoded: tf.Tensor,
+    image_size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str = "images",
+    channels: int = 1,
 ) -> tf.Tensor:
     """Decode a batch of PNG, JPEG, GIF or BMP files into the network's input.
 
-    Colour images are converted to grey scale; images may differ in size. Each file's
+    Images become grey scale (``channels=1``) or colour (``channels=3``) whatever their own
+    mode, transparent pixels white; images may differ in size and aspect ratio. Each file's
     header is read first: a file that declares more than ``max_pixels`` pixels, or a
     GIF whose first frame exceeds its logical screen, is refused before it is decoded.
 
@@ -325,9 +370,10 @@ def decode_images(
         image_size: side of the square image the network takes.
         max_pixels: the most pixels (height x width) a file may declare.
         name: what the error messages call the files (the input's name).
+        channels: 1 or 3, the channels the network takes.
 
     Returns:
-        float32 tensor `(N, image_size, image_size, 1)`, as :func:`to_model_input`.
+        float32 tensor `(N, image_size, image_size, channels)`, as :func:`to_model_input`.
 
     Raises:
         tf.errors.InvalidArgumentError: a file is not a decodable image, or is over
@@ -341,25 +387,31 @@ def decode_images(
         # The file's own channels (decode_image refuses channels=1 for GIFs);
         # expand_animations=False: a GIF gives its first frame, always rank 3.
         image = tf.cast(tf.io.decode_image(data, expand_animations=False), tf.float32)
-        channels = tf.shape(image)[-1]
-        has_alpha = channels % 2 == 0  # grey + alpha, or RGBA
+        has_alpha = tf.shape(image)[-1] % 2 == 0  # grey + alpha, or RGBA
         colour = tf.cond(has_alpha, lambda: image[..., :-1], lambda: image)
         alpha = tf.cond(
             has_alpha, lambda: image[..., -1:] / 255.0, lambda: tf.ones_like(image[..., :1])
         )
-        grey = tf.cond(
-            tf.shape(colour)[-1] == 3,
-            lambda: tf.reduce_sum(colour * [0.2989, 0.5870, 0.1141], axis=-1, keepdims=True),
-            lambda: colour[..., :1],
-        )
+        if channels == 1:
+            colour = tf.cond(
+                tf.shape(colour)[-1] == 3,
+                lambda: tf.reduce_sum(colour * [0.2989, 0.5870, 0.1141], axis=-1, keepdims=True),
+                lambda: colour[..., :1],
+            )
+        else:
+            colour = tf.cond(
+                tf.shape(colour)[-1] == 3, lambda: colour, lambda: tf.tile(colour[..., :1], [1, 1, 3])
+            )
         # Transparent pixels are blank paper (white), as in a drawing on a page.
-        pixels = grey * alpha + 255.0 * (1.0 - alpha)
-        pixels.set_shape((None, None, 1))
+        pixels = colour * alpha + 255.0 * (1.0 - alpha)
+        pixels.set_shape((None, None, channels))
         return to_model_input(pixels, image_size)
 
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     encoded = tf.convert_to_tensor(encoded, tf.string)
     return tf.map_fn(
         decode_one,
         (tf.range(tf.size(encoded, out_type=tf.int64)), encoded),
-        fn_output_signature=tf.TensorSpec((image_size, image_size, 1), tf.float32),
+        fn_output_signature=tf.TensorSpec((image_size, image_size, channels), tf.float32),
     )

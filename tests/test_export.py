@@ -86,7 +86,11 @@ def test_signatures_and_their_named_inputs_and_outputs(model, exported):
         "one_shot_encoded": ({"queries": tf.string, "support": tf.string}, ["best", "scores"]),
         "one_shot_tta": ({"queries": tf.float32, "support": tf.float32}, ["best", "scores"]),
         "one_shot_tta_encoded": ({"queries": tf.string, "support": tf.string}, ["best", "scores"]),
-        "limits": ({}, ["max_images", "max_pairs", "max_pixels"]),
+        "limits": ({}, ["max_gallery", "max_images", "max_pairs", "max_pixels"]),
+        "compare": (
+            {"query_embeddings": tf.float32, "support_embeddings": tf.float32}, ["scores"]
+        ),
+        "model_info": ({}, ["channels", "embedding_size", "image_size", "model_id", "threshold"]),
     }
     for name, (inputs, outputs) in expected.items():
         specs = signatures[name].structured_input_signature[1]
@@ -178,10 +182,11 @@ def limited(model, tmp_path_factory) -> pathlib.Path:
 
 
 def test_default_limits_and_their_signature(exported):
-    assert export.ExportLimits() == export.ExportLimits(2048 * 2048, 256, 16_384)
+    assert export.ExportLimits() == export.ExportLimits(2048 * 2048, 256, 16_384, 1_000_000)
     served = tf.saved_model.load(str(exported)).signatures["limits"]()
     assert {k: int(v.numpy()) for k, v in served.items()} == {
-        "max_pixels": 2048 * 2048, "max_images": 256, "max_pairs": 16_384
+        "max_pixels": 2048 * 2048, "max_images": 256, "max_pairs": 16_384,
+        "max_gallery": 1_000_000,
     }  # fmt: skip
     with pytest.raises(ValueError, match="max_images must be at least 1, got 0"):
         export.ExportLimits(max_images=0)
@@ -190,10 +195,11 @@ def test_default_limits_and_their_signature(exported):
 def test_limits_round_trip_through_the_export(limited):
     served = tf.saved_model.load(str(limited)).signatures["limits"]()
     assert {k: (v.dtype, int(v.numpy())) for k, v in served.items()} == {
-        "max_pixels": (tf.int64, 4096), "max_images": (tf.int64, 4), "max_pairs": (tf.int64, 6)
+        "max_pixels": (tf.int64, 4096), "max_images": (tf.int64, 4), "max_pairs": (tf.int64, 6),
+        "max_gallery": (tf.int64, 1_000_000),
     }  # fmt: skip
     recorded = json.loads((limited / "assets.extra" / "limits.json").read_text())
-    assert recorded == {"max_pixels": 4096, "max_images": 4, "max_pairs": 6}
+    assert recorded == {"max_pixels": 4096, "max_images": 4, "max_pairs": 6, "max_gallery": 1_000_000}
 
 
 def test_requests_over_the_limits_are_refused_with_the_limit_named(limited):
@@ -246,3 +252,73 @@ def test_a_model_whose_scores_are_not_probabilities_is_not_exported(small_config
     with pytest.raises(ValueError, match="refusing to export: the model's one_shot scores"):
         export.export_saved_model(model, tmp_path, "siamese", views=2)
     assert list(tmp_path.rglob("*")) in ([], [tmp_path / "siamese"])  # no version, no .tmp-*
+
+
+def test_model_info_names_the_network_its_threshold_and_input(model, exported, small_config):
+    served = tf.saved_model.load(str(exported)).signatures["model_info"]()
+    info = {key: value.numpy() for key, value in served.items()}
+    assert info["model_id"].decode() == export.model_id(model)
+    assert info["threshold"] == np.float32(export.DEFAULT_THRESHOLD)
+    assert (info["embedding_size"], info["image_size"], info["channels"]) == (64, 28, 1)
+    recorded = json.loads((exported / "assets.extra" / "model.json").read_text())
+    assert recorded == {
+        "model_id": export.model_id(model), "threshold": export.DEFAULT_THRESHOLD,
+        "embedding_size": 64, "image_size": 28, "channels": 1,
+    }  # fmt: skip
+    # The fingerprint follows the weights, not the object.
+    other = build_siamese(small_config(paper_init=False))
+    assert export.model_id(other) != export.model_id(model)
+    other.set_weights(model.get_weights())
+    assert export.model_id(other) == export.model_id(model)
+
+
+def test_compare_scores_embeddings_as_one_shot_scores_images(model, exported):
+    signatures = tf.saved_model.load(str(exported)).signatures
+    rng = np.random.default_rng(3)
+    # Queries of another aspect ratio: fitted to squares the same way by every signature.
+    queries = rng.integers(0, 256, (3, 40, 30, 1)).astype(np.float32)
+    support = rng.integers(0, 256, (5, 28, 28, 1)).astype(np.float32)
+    one_shot = signatures["one_shot"](queries=queries, support=support)["scores"].numpy()
+    embed = signatures["embed"]
+    compared = signatures["compare"](
+        query_embeddings=embed(images=queries)["embedding"],
+        support_embeddings=embed(images=support)["embedding"],
+    )["scores"].numpy()
+    np.testing.assert_allclose(compared, one_shot, rtol=1e-5, atol=1e-6)
+    # A gallery larger than one chunk: every column scored, the padding dropped.
+    gallery = rng.random((export._COMPARE_ELEMENTS // (2 * 64) + 7, 64)).astype(np.float32)
+    scores = signatures["compare"](
+        query_embeddings=gallery[:2], support_embeddings=gallery
+    )["scores"].numpy()
+    assert scores.shape == (2, len(gallery))
+    last = head_of(model).pairwise(gallery[:2], gallery[-7:])
+    np.testing.assert_allclose(scores[:, -7:], np.asarray(last).reshape(2, 7), rtol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or infinite"):
+        signatures["compare"](
+            query_embeddings=np.full((1, 64), np.nan, np.float32), support_embeddings=gallery[:3]
+        )
+
+
+def test_a_colour_network_exports_with_its_threshold_and_gallery_limit(small_config, tmp_path):
+    colour = build_siamese(small_config(paper_init=False, channels=3))
+    target = export.export_saved_model(
+        colour, tmp_path, "colour", views=2, threshold=0.75,
+        limits=export.ExportLimits(max_gallery=10),
+    )  # fmt: skip
+    signatures = tf.saved_model.load(str(target)).signatures
+    info = signatures["model_info"]()
+    assert (float(info["threshold"]), int(info["channels"])) == (0.75, 3)
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (2, 28, 28, 3)).astype(np.float32)
+    served = signatures["serving_default"](left=images, right=images[::-1])["probability"]
+    expected = colour.predict(
+        {"left": to_model_input(images, 28), "right": to_model_input(images[::-1], 28)}, verbose=0
+    )
+    np.testing.assert_allclose(served.numpy(), expected[:, 0], rtol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_gallery=10"):
+        signatures["compare"](
+            query_embeddings=np.zeros((1, 64), np.float32),
+            support_embeddings=np.zeros((11, 64), np.float32),
+        )
+    with pytest.raises(ValueError, match="threshold must be a probability"):
+        export.export_saved_model(colour, tmp_path, "colour", threshold=1.5)

@@ -254,7 +254,7 @@ def test_an_ensemble_needs_members_of_one_input_size(small_config):
     with pytest.raises(ValueError, match="at least one member"):
         siamese_model.build_ensemble([])
     small, large = small_config(paper_init=False), small_config(paper_init=False, image_size=32)
-    with pytest.raises(ValueError, match=r"different image sizes: \[28, 32\]"):
+    with pytest.raises(ValueError, match=r"different image shapes: \[\(28, 28, 1\), \(32, 32, 1\)\]"):
         siamese_model.build_ensemble([build_siamese(small), build_siamese(large)])
     with pytest.raises(ValueError, match="neither a Siamese model nor an ensemble"):
         siamese_model.siamese_members(build_twin(small))
@@ -310,3 +310,12 @@ def test_fused_batch_norm_leaves_other_inputs_to_keras():
     expected = keras.layers.BatchNormalization()
     np.testing.assert_allclose(fused(x, training=True), expected(x, training=True), rtol=1e-6)
     np.testing.assert_allclose(fused.moving_mean.numpy(), expected.moving_mean.numpy(), rtol=1e-6)
+
+
+def test_a_colour_network_takes_three_channels_and_others_are_refused(small_config):
+    from keras_siamese.config import ModelConfig
+
+    colour = build_siamese(small_config(channels=3))
+    assert colour.input["left"].shape[1:] == (28, 28, 3)
+    with pytest.raises(ValueError, match=r"channels must be one of \(1, 3\)"):
+        ModelConfig(channels=2)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_siamese.preprocessing import check_images, decode_images, to_model_input
+from keras_siamese.preprocessing import check_images, decode_images, fit_to_square, to_model_input
 
 SIZE = 28
 
@@ -191,3 +191,53 @@ def test_float_images_over_the_limit_or_not_finite_are_refused():
         bad[1, 3, 4, 0] = value
         with pytest.raises(tf.errors.InvalidArgumentError, match="left: pixel values must be finite"):
             checked(bad)
+
+
+# --- Any size and aspect ratio, grey or colour ------------------------------------------------
+
+
+def test_images_that_are_not_square_are_padded_with_their_border_not_stretched():
+    face = np.full((112, 92, 1), 40.0, np.float32)
+    face[30:80, 20:70] = 200.0  # a bright square in a dark photograph
+    fitted = fit_to_square(face, 112).numpy()
+    # 10 columns of the border's mean (40) each side; the square stays square.
+    np.testing.assert_allclose(fitted[:, :10], 40.0)
+    np.testing.assert_allclose(fitted[:, -10:], 40.0)
+    np.testing.assert_allclose(fitted[30:80, 30:80], 200.0)
+    # Traced with unknown sizes, as in a SavedModel, it pads the same way.
+    traced = tf.function(
+        lambda x: fit_to_square(x, 112), input_signature=[tf.TensorSpec((None, None, 1), tf.float32)]
+    )
+    np.testing.assert_allclose(traced(face).numpy(), fitted)
+
+
+def test_square_images_pass_as_they_did_before_the_aspect_ratio_was_kept():
+    images = np.random.default_rng(0).integers(0, 256, (3, 105, 105, 1)).astype(np.uint8)
+    plain = tf.image.resize(1.0 - images.astype(np.float32) / 255.0, (SIZE, SIZE), method="area")
+    np.testing.assert_array_equal(to_model_input(images, SIZE).numpy(), plain.numpy())
+
+
+def test_colour_images_keep_three_channels_and_other_channel_counts_are_refused():
+    colour = np.random.default_rng(1).integers(0, 256, (2, 40, 50, 3)).astype(np.uint8)
+    assert to_model_input(colour, SIZE).shape == (2, SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        to_model_input(np.zeros((1, 28, 28, 2), np.uint8), SIZE)
+
+
+def test_files_decode_to_the_channels_the_network_takes():
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (30, 20), dtype=np.uint8)
+    files = tf.constant([_file(Image.fromarray(rgb), "PNG"), _file(Image.fromarray(grey), "PNG")])
+    as_colour = decode_images(files, SIZE, channels=3).numpy()
+    np.testing.assert_allclose(as_colour[0], to_model_input(rgb, SIZE).numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        as_colour[1], to_model_input(np.repeat(grey[..., None], 3, axis=-1), SIZE).numpy(), atol=1e-6
+    )
+    as_grey = decode_images(files, SIZE).numpy()
+    weights = np.array([0.2989, 0.5870, 0.1141], np.float32)
+    np.testing.assert_allclose(
+        as_grey[0], to_model_input((rgb * weights).sum(-1, keepdims=True), SIZE).numpy(), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        decode_images(files, SIZE, channels=2)

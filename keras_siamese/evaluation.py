@@ -1,4 +1,4 @@
-"""N-way one-shot evaluation and verification accuracy.
+"""N-way K-shot evaluation, verification and its ROC.
 
 A one-shot task shows a query image and ``way`` candidate images, one of them
 of the query's character; a scorer (a callable from :class:`OneShotTasks` to
@@ -6,11 +6,28 @@ of the query's character; a scorer (a callable from :class:`OneShotTasks` to
 candidate) pair and the highest score is the pick. The same code scores Lake
 et al.'s 20 official runs, Koch et al.'s within-alphabet tasks, the Siamese
 network and a pixel-space nearest-neighbour baseline.
+
+A K-shot task (:func:`class_tasks`, on any labelled images such as a folder of
+people's faces) shows ``shots`` support images of each of its ``way`` classes.
+Scorers stay per candidate image, ``(T, way * shots)``, and
+:func:`class_scores` averages each class's shots into ``(T, way)`` class
+scores; the accuracy functions go through it, so they serve one-shot and
+K-shot tasks alike (the pixel 1-NN baseline of a K-shot task is the mean pixel
+score over each class's shots).
+
+Verification asks "are these two images of the same class?" for pairs of
+held-out classes (:func:`verification_pairs`, :func:`pair_scores`).
+:func:`roc` gives the ROC curve, its AUC and the equal error rate, and
+:func:`choose_threshold` a probability threshold: the EER threshold, or the
+lowest one whose false-accept rate stays within a target. Chosen on the
+validation classes and applied to the test classes, that threshold answers
+"none of these" when a query's best score falls below it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -27,14 +44,17 @@ from keras_siamese.preprocessing import to_model_input
 
 @dataclasses.dataclass(frozen=True)
 class OneShotTasks:
-    """A set of one-shot tasks over a pool of images.
+    """A set of one-shot (or K-shot) tasks over a pool of images.
 
     Attributes:
-        images: uint8 ``(M, H, W, 1)`` pool in Omniglot polarity.
+        images: uint8 ``(M, H, W, C)`` pool in Omniglot polarity, C = 1 or 3.
         queries: int ``(T,)`` pool index of each task's query.
-        candidates: int ``(T, way)`` pool indices of each task's candidates.
-        answers: int ``(T,)`` position in ``candidates`` of the right one.
-        groups: str ``(T,)`` the alphabet (or run) each task belongs to.
+        candidates: int ``(T, way * shots)`` pool indices of each task's candidates,
+            class-major: column ``c * shots + k`` is shot ``k`` of class ``c``.
+        answers: int ``(T,)`` the right class, ``0 .. way - 1`` (for one shot, the
+            position in ``candidates`` of the right one).
+        groups: str ``(T,)`` the alphabet (or run, or folder group) each task belongs to.
+        shots: support images per class.
     """
 
     images: np.ndarray
@@ -42,13 +62,22 @@ class OneShotTasks:
     candidates: np.ndarray
     answers: np.ndarray
     groups: np.ndarray
+    shots: int = 1
+
+    def __post_init__(self):
+        if self.shots < 1 or self.candidates.shape[1] % self.shots:
+            raise ValueError(
+                f"{self.candidates.shape[1]} candidates per task do not make classes of "
+                f"{self.shots} shots"
+            )
 
     def __len__(self) -> int:
         return len(self.queries)
 
     @property
     def way(self) -> int:
-        return self.candidates.shape[1]
+        """Classes per task."""
+        return self.candidates.shape[1] // self.shots
 
 
 def lake_tasks(runs: LakeRuns) -> OneShotTasks:
@@ -145,14 +174,115 @@ def labelled_tasks(
     )
 
 
+def _class_members(split: OmniglotImages) -> dict[tuple[str, int], np.ndarray]:
+    """Pool indices of the images of each class, a class being a (group, character) pair.
+
+    In sorted class order, each class's images in pool order.
+    """
+    members: dict[tuple[str, int], list[int]] = {}
+    for i, key in enumerate(zip(split.alphabet.tolist(), split.character.tolist())):
+        members.setdefault(key, []).append(i)
+    return {key: np.array(members[key]) for key in sorted(members)}
+
+
+def class_tasks(
+    split: OmniglotImages,
+    num_tasks: int,
+    way: int,
+    shots: int = 1,
+    seed: int = 0,
+    within_group: bool = True,
+) -> OneShotTasks:
+    """``way``-way ``shots``-shot tasks over any labelled images (e.g. a folder of classes).
+
+    Each task picks a group (round robin over the groups that can make a task, so groups
+    count equally), ``way`` distinct classes of it, ``shots`` distinct support images of
+    each, and as the query a further image of one of them (the answer), never one of its
+    support images. A group can make a task when at least ``way`` of its classes have at
+    least ``shots + 1`` images; only those classes are drawn.
+
+    Args:
+        split: the images; ``alphabet`` is the group, ``character`` the class.
+        num_tasks: tasks to make.
+        way: classes per task.
+        shots: support images per class.
+        seed: the ``numpy`` random seed: the same arguments give the same tasks.
+        within_group: draw each task's classes from one group; False draws them from the
+            whole split, one group named ``""`` (as a flat folder's only group is).
+
+    Returns:
+        Tasks over ``split.images`` with ``groups`` the group of each task.
+
+    Raises:
+        ValueError: ``way`` or ``shots`` below 1, or no group that can make a task.
+    """
+    if way < 1 or shots < 1:
+        raise ValueError(f"tasks need way >= 1 and shots >= 1, got way={way}, shots={shots}")
+    rng = np.random.default_rng(seed)
+    eligible: dict[str, list[np.ndarray]] = {}
+    for (group, _), members in _class_members(split).items():
+        if len(members) >= shots + 1:
+            eligible.setdefault(group if within_group else "", []).append(members)
+    groups = sorted(g for g, classes in eligible.items() if len(classes) >= way)
+    if not groups:
+        most = max((len(classes) for classes in eligible.values()), default=0)
+        raise ValueError(
+            f"{way}-way {shots}-shot tasks need a group of at least {way} classes with at "
+            f"least {shots + 1} images each ({shots} support images and a query); the "
+            f"{'best group' if within_group else 'split'} has {most} such classes"
+        )
+    queries, candidates, answers, task_groups = [], [], [], []
+    for t in range(num_tasks):
+        group = groups[t % len(groups)]
+        classes = eligible[group]
+        chosen = rng.choice(len(classes), size=way, replace=False)
+        answer = int(rng.integers(way))
+        # shots + 1 distinct images of every class: the first `shots` are its support,
+        # the last is the query when the class is the answer.
+        picks = [rng.choice(classes[c], size=shots + 1, replace=False) for c in chosen]
+        candidates.append(np.concatenate([pick[:shots] for pick in picks]))
+        queries.append(picks[answer][shots])
+        answers.append(answer)
+        task_groups.append(group)
+    return OneShotTasks(
+        images=split.images,
+        queries=np.array(queries, dtype=np.int64),
+        candidates=np.array(candidates, dtype=np.int64).reshape(num_tasks, way * shots),
+        answers=np.array(answers, dtype=np.int64),
+        groups=np.array(task_groups, dtype=str),
+        shots=shots,
+    )
+
+
+def class_scores(scores: np.ndarray, tasks: OneShotTasks) -> np.ndarray:
+    """Per-class scores ``(..., way)`` from per-candidate scores ``(..., way * shots)``.
+
+    Each class scores the mean of its shots' scores; with one shot the scores are returned
+    as they are. A single task's row ``(way * shots,)`` gives its ``(way,)`` class scores.
+    """
+    scores = np.asarray(scores)
+    if scores.shape[-1] != tasks.way * tasks.shots:
+        raise ValueError(
+            f"expected {tasks.way * tasks.shots} scores per task ({tasks.way} classes of "
+            f"{tasks.shots} shots), got {scores.shape[-1]}"
+        )
+    if tasks.shots == 1:
+        return scores
+    return scores.reshape(*scores.shape[:-1], tasks.way, tasks.shots).mean(axis=-1)
+
+
 def accuracy(scores: np.ndarray, tasks: OneShotTasks) -> float:
-    """Fraction of tasks whose highest-scoring candidate is the right one."""
-    return float(np.mean(np.argmax(scores, axis=1) == tasks.answers))
+    """Fraction of tasks whose highest-scoring class is the right one.
+
+    ``scores`` are per candidate, ``(T, way * shots)``, as a scorer gives them
+    (see :func:`class_scores`).
+    """
+    return float(np.mean(np.argmax(class_scores(scores, tasks), axis=1) == tasks.answers))
 
 
 def accuracy_by_group(scores: np.ndarray, tasks: OneShotTasks) -> dict[str, float]:
     """Accuracy of each group of tasks (alphabet or run), in sorted group order."""
-    correct = np.argmax(scores, axis=1) == tasks.answers
+    correct = np.argmax(class_scores(scores, tasks), axis=1) == tasks.answers
     return {
         str(group): float(np.mean(correct[tasks.groups == group]))
         for group in np.unique(tasks.groups)
@@ -163,8 +293,9 @@ def hardest_mistakes(scores: np.ndarray, tasks: OneShotTasks, n: int) -> np.ndar
     """Indices of the ``n`` wrong tasks the scorer was surest of.
 
     Mistakes are ranked by how far the wrong pick's score lies above the
-    right candidate's, largest first.
+    right candidate's (class scores, for K shots), largest first.
     """
+    scores = class_scores(scores, tasks)
     rows = np.arange(len(tasks))
     picks = np.argmax(scores, axis=1)
     margin = scores[rows, picks] - scores[rows, tasks.answers]
@@ -173,7 +304,10 @@ def hardest_mistakes(scores: np.ndarray, tasks: OneShotTasks, n: int) -> np.ndar
 
 
 def pixel_scorer(tasks: OneShotTasks) -> np.ndarray:
-    """1-nearest-neighbour in pixel space: minus the Euclidean distance."""
+    """1-nearest-neighbour in pixel space: minus the Euclidean distance, per candidate.
+
+    For K shots, :func:`class_scores` makes it the mean over each class's shots.
+    """
     pool = tasks.images.reshape(len(tasks.images), -1).astype(np.float32) / 255.0
     q = pool[tasks.queries][:, None, :]
     c = pool[tasks.candidates]
@@ -238,8 +372,21 @@ class SiameseScorer:
             for twin, _ in self.members
         ]
 
+    def _member_probabilities(
+        self, left: list[np.ndarray], right: list[np.ndarray]
+    ) -> Iterator[np.ndarray]:
+        """Each member's head probabilities of embedding pairs, in member order.
+
+        ``left`` and ``right`` hold one array of embeddings per member (as
+        ``_member_embeddings`` gives them), of shapes that broadcast; the
+        probabilities have their broadcast shape without the embedding axis.
+        """
+        for (_, head), l, r in zip(self.members, left, right):
+            yield keras.ops.convert_to_numpy(head.activation(head.distance_logits(l, r)))[..., 0]
+
     def __call__(self, tasks: OneShotTasks) -> np.ndarray:
-        n = len(tasks)
+        """Probabilities ``(T, way * shots)`` of every (query, candidate) pair of ``tasks``."""
+        n, per_task = tasks.candidates.shape
         queries, query_of_task = np.unique(tasks.queries, return_inverse=True)
         candidates, candidate_of_task = np.unique(tasks.candidates.ravel(), return_inverse=True)
         total = 0.0
@@ -249,12 +396,11 @@ class SiameseScorer:
             )
             member_queries = self._member_embeddings(tasks.images[queries], rows[0])
             member_candidates = self._member_embeddings(tasks.images[candidates], rows[1])
-            for (_, head), q, c in zip(self.members, member_queries, member_candidates):
-                q = q[query_of_task][:, None, :]
-                c = c[candidate_of_task].reshape(n, tasks.way, -1)
-                total += keras.ops.convert_to_numpy(
-                    head.activation(head.distance_logits(q, c))
-                )[..., 0]
+            for p in self._member_probabilities(
+                [q[query_of_task][:, None, :] for q in member_queries],
+                [c[candidate_of_task].reshape(n, per_task, -1) for c in member_candidates],
+            ):
+                total += p
         return total / (self.views * len(self.members))
 
 
@@ -295,7 +441,9 @@ def verification_accuracy(
 
     The pairs come from ``seed`` alone, whatever TensorFlow's global seed: ``fit``
     sets that to the run's seed, and a network scored again later by another
-    command must meet the same pairs.
+    command must meet the same pairs. They are the training pipeline's pairs
+    (``pair_dataset``), so this figure stays comparable from run to run; for an ROC,
+    an EER and a threshold see :func:`verification_pairs` and :func:`pair_scores`.
     """
     batch = 256
     # One stateless stream (steps=None) taken batch by batch: Dataset.random, behind
@@ -314,6 +462,165 @@ def verification_accuracy(
         correct += int(tf.reduce_sum(tf.cast(tf.equal(p > 0.5, y > 0.5), tf.int32)))
         total += int(y.shape[0])
     return correct / total
+
+
+def verification_pairs(
+    split: OmniglotImages, num_pairs: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Balanced same and different pairs of ``split``'s images, as pool indices.
+
+    Half the pairs (``num_pairs // 2``) are same pairs: a class drawn uniformly among
+    those with two images or more, and two different images of it. The rest are
+    different pairs: two different classes drawn uniformly, and one image of each.
+    Classes are (group, character) pairs, and a different pair may cross groups.
+    Same and different pairs come shuffled together, from the ``numpy`` ``seed`` alone.
+
+    Returns:
+        ``(left, right, same)``: int ``(P,)`` pool indices of the two images of each
+        pair and bool ``(P,)`` whether they show the same class.
+
+    Raises:
+        ValueError: fewer than two classes, or no class with two images.
+    """
+    rng = np.random.default_rng(seed)
+    classes = list(_class_members(split).values())
+    sizes = np.array([len(members) for members in classes])
+    if len(classes) < 2 or sizes.max() < 2:
+        raise ValueError(
+            f"verification pairs need at least 2 classes and a class with 2 images; the "
+            f"split has {len(classes)} classes of at most {sizes.max(initial=0)} images"
+        )
+    # Each class's images as one slice of `pool`: class c is pool[starts[c] : starts[c] + sizes[c]].
+    pool = np.concatenate(classes)
+    starts = np.cumsum(sizes) - sizes
+    n_same = num_pairs // 2
+    n_different = num_pairs - n_same
+
+    same_class = rng.choice(np.flatnonzero(sizes >= 2), size=n_same)
+    first = rng.integers(sizes[same_class])
+    second = (first + 1 + rng.integers(sizes[same_class] - 1)) % sizes[same_class]
+    left_class = rng.integers(len(classes), size=n_different)
+    right_class = (left_class + 1 + rng.integers(len(classes) - 1, size=n_different)) % len(classes)
+
+    left = pool[np.concatenate([
+        starts[same_class] + first, starts[left_class] + rng.integers(sizes[left_class])
+    ])]  # fmt: skip
+    right = pool[np.concatenate([
+        starts[same_class] + second, starts[right_class] + rng.integers(sizes[right_class])
+    ])]  # fmt: skip
+    same = np.arange(num_pairs) < n_same
+    order = rng.permutation(num_pairs)
+    return left[order], right[order], same[order]
+
+
+def pair_scores(
+    model: keras.Model,
+    images: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """The Siamese probability ``(P,)`` that the images of each pair show the same class.
+
+    Each distinct image of ``images[left]`` and ``images[right]`` is embedded once
+    (:class:`SiameseScorer`); the head then compares the pairs ``batch_size`` at a time.
+    An ensemble's probability is the mean of its members'.
+    """
+    left, right = np.asarray(left), np.asarray(right)
+    scorer = SiameseScorer(model)
+    used, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
+    embeddings = scorer._member_embeddings(images[used])
+    first, second = inverse[: len(left)], inverse[len(left) :]
+    scores = np.zeros(len(left), np.float32)
+    for start in range(0, len(left), batch_size):
+        batch = slice(start, start + batch_size)
+        total = 0.0
+        for p in scorer._member_probabilities(
+            [e[first[batch]] for e in embeddings], [e[second[batch]] for e in embeddings]
+        ):
+            total += p
+        scores[batch] = total / len(scorer.members)
+    return scores
+
+
+def roc(scores: np.ndarray, same: np.ndarray) -> dict:
+    """The ROC curve of scores of same (positive) and different pairs, its AUC and the EER.
+
+    A pair is accepted as "same" when its score is at least the threshold. The curve is
+    ``sklearn.metrics.roc_curve``'s, with every threshold kept (one per distinct score,
+    after a first of ``inf`` that accepts nothing).
+
+    The equal error rate is where the false-accept rate (FPR) equals the false-reject
+    rate (1 - TPR). Between the last curve point with FPR < 1 - TPR and the first with
+    FPR >= 1 - TPR, both rates are interpolated linearly and the EER is where the two
+    lines meet; ``eer_threshold`` is interpolated between the two points' thresholds in the
+    same proportion (the second point's threshold when the first is the ``inf`` one).
+
+    Returns:
+        ``roc_auc``, ``eer``, ``eer_threshold`` (floats) and the curve's ``fpr``, ``tpr`` and
+        ``thresholds`` (arrays, thresholds decreasing).
+
+    Raises:
+        ValueError: the pairs are not both same and different, or the lengths differ.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    scores, same = np.asarray(scores, np.float64), np.asarray(same, bool)
+    if scores.shape != same.shape or same.all() or not same.any():
+        raise ValueError(
+            f"an ROC needs as many scores as labels and both same and different pairs; got "
+            f"{scores.shape} scores, {same.shape} labels with {int(same.sum())} same pairs"
+        )
+    fpr, tpr, thresholds = roc_curve(same, scores, drop_intermediate=False)
+    # FRR - FAR falls from 1 (nothing accepted) to -1 (everything accepted).
+    gap = (1.0 - tpr) - fpr
+    upper = int(np.argmax(gap <= 0.0))
+    lower = upper - 1
+    t = gap[lower] / (gap[lower] - gap[upper])
+    eer = fpr[lower] + t * (fpr[upper] - fpr[lower])
+    if np.isfinite(thresholds[lower]):
+        eer_threshold = thresholds[lower] + t * (thresholds[upper] - thresholds[lower])
+    else:
+        eer_threshold = thresholds[upper]
+    return {
+        "roc_auc": float(roc_auc_score(same, scores)),
+        "eer": float(eer),
+        "eer_threshold": float(eer_threshold),
+        "fpr": fpr,
+        "tpr": tpr,
+        "thresholds": thresholds,
+    }
+
+
+def error_rates(scores: np.ndarray, same: np.ndarray, threshold: float) -> tuple[float, float]:
+    """``(false-accept rate, false-reject rate)`` of accepting pairs scored ``>= threshold``.
+
+    The false-accept rate is the fraction of different pairs accepted, the false-reject
+    rate the fraction of same pairs rejected.
+    """
+    scores, same = np.asarray(scores), np.asarray(same, bool)
+    accepted = scores >= threshold
+    return float(np.mean(accepted[~same])), float(np.mean(~accepted[same]))
+
+
+def choose_threshold(
+    scores: np.ndarray, same: np.ndarray, target_far: float | None = None
+) -> float:
+    """An accept threshold for pair scores, chosen on validation pairs.
+
+    Without ``target_far``, the EER threshold (:func:`roc`). With it, the lowest threshold
+    among the scores whose false-accept rate is at most ``target_far``: of those, the one
+    that rejects the fewest same pairs (``inf`` when only rejecting everything will do).
+    The caller applies it to pairs (or queries) of other, test classes.
+    """
+    curve = roc(scores, same)
+    if target_far is None:
+        return curve["eer_threshold"]
+    if not 0.0 <= target_far <= 1.0:
+        raise ValueError(f"target_far must be within [0, 1], got {target_far}")
+    # Thresholds fall and false-accept rates rise along the curve.
+    within = np.flatnonzero(curve["fpr"] <= target_far)
+    return float(curve["thresholds"][within[-1]])
 
 
 def evaluate(

@@ -33,7 +33,12 @@ from matplotlib.text import Annotation  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from keras_siamese.data import OmniglotImages  # noqa: E402
-from keras_siamese.evaluation import OneShotTasks, accuracy, accuracy_by_group  # noqa: E402
+from keras_siamese.evaluation import (  # noqa: E402
+    OneShotTasks,
+    accuracy,
+    accuracy_by_group,
+    class_scores,
+)
 from keras_siamese.model import twin_of  # noqa: E402
 
 DPI = 120
@@ -53,10 +58,13 @@ def _save(fig: Figure, path: str | Path | None) -> Figure:
 
 
 def _picture(image) -> np.ndarray:
-    """A 2-D float image with paper = 1 and ink = 0, from either polarity (see module doc)."""
+    """A 2-D float image with paper = 1 and ink = 0, from either polarity (see module doc).
+
+    A colour image ``(H, W, 3)`` is drawn in grey, the mean of its channels.
+    """
     image = np.asarray(image)
     if image.ndim == 3:
-        image = image[..., 0]
+        image = image[..., 0] if image.shape[-1] == 1 else image.mean(axis=-1).astype(image.dtype)
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     return 1.0 - image.astype(np.float32)
@@ -98,6 +106,16 @@ def _blank_grid(rows: int, columns: int, figsize: tuple[float, float]):
 
 def _pretty(name: str) -> str:
     return str(name).replace("_", " ")
+
+
+def _shots(tasks: OneShotTasks) -> str:
+    """``"one-shot"``, or ``"5-shot"`` for tasks of several shots."""
+    return f"{'one' if tasks.shots == 1 else tasks.shots}-shot"
+
+
+def _kind(tasks: OneShotTasks) -> str:
+    """``"20-way one-shot"``, or ``"5-way 5-shot"`` for tasks of several shots."""
+    return f"{tasks.way}-way {_shots(tasks)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,14 +326,19 @@ TASK_PANEL_SIZE = (12.0, 2.9)
 """Inches of one task as drawn by :func:`plot_one_shot_task` and on a :func:`plot_task_sheet`."""
 SHEET_HEADING = 0.45
 """Inches of the heading above the tasks of a :func:`plot_task_sheet`."""
+TASK_TILE_MAX = 0.55
+"""Inches, at most, of each candidate's picture in a task (a 20-way task's are smaller)."""
 
 
 def _draw_task(fig: Figure | SubFigure, tasks: OneShotTasks, scores: np.ndarray, index: int):
-    """Draws task ``index`` into ``fig`` (a figure or subfigure of ``TASK_PANEL_SIZE`` inches)."""
+    """Draws task ``index`` into ``fig`` (a figure or subfigure of ``TASK_PANEL_SIZE`` inches).
+
+    A K-shot task is drawn with each class's first shot and the class's mean score.
+    """
     width, height = TASK_PANEL_SIZE
     way = tasks.way
     answer = int(tasks.answers[index])
-    task_scores = np.asarray(scores[index], np.float64)
+    task_scores = np.asarray(class_scores(scores[index], tasks), np.float64)
     pick = int(np.argmax(task_scores))
     right = pick == answer
 
@@ -323,22 +346,34 @@ def _draw_task(fig: Figure | SubFigure, tasks: OneShotTasks, scores: np.ndarray,
     query_side = 1.25
     left = (0.25 + query_side + 0.75) / width
     strip_width = 0.99 - left
-    tile = strip_width * width / way  # inches per candidate
+    slot = strip_width * width / way  # inches per candidate
+    # Pictures at most TASK_TILE_MAX inches high, so that a strip of few candidates stays
+    # below the heading; `box` is the share of its slot each picture takes.
+    tile = min(slot, TASK_TILE_MAX)
+    box = tile / slot
     strip_bottom = 0.68
     ax_query = fig.add_axes((0.25 / width, 0.22, query_side / width, query_side / height))
     _show(ax_query, tasks.images[tasks.queries[index]], "black", 1.5)
     ax_query.set_title("query", fontsize=10)
 
     ax_strip = fig.add_axes((left, strip_bottom, strip_width, tile / height))
-    pictures = [_picture(tasks.images[c]) for c in tasks.candidates[index]]
-    ax_strip.imshow(
-        _mosaic([pictures], way, pad=8), cmap="gray", vmin=0.0, vmax=1.0,
-        extent=(-0.5, way - 0.5, 1.0, 0.0), aspect="auto",
-    )  # fmt: skip
+    pictures = [_picture(tasks.images[c]) for c in tasks.candidates[index, :: tasks.shots]]
+    if box == 1.0:  # one mosaic of the candidates, side by side
+        ax_strip.imshow(
+            _mosaic([pictures], way, pad=8), cmap="gray", vmin=0.0, vmax=1.0,
+            extent=(-0.5, way - 0.5, 1.0, 0.0), aspect="auto",
+        )  # fmt: skip
+    else:  # each picture square, centred in its slot above its bar
+        for k, picture in enumerate(pictures):
+            ax_strip.imshow(
+                _mosaic([[picture]], 1, pad=8), cmap="gray", vmin=0.0, vmax=1.0,
+                extent=(k - 0.5 * box, k + 0.5 * box, 1.0, 0.0), aspect="auto",
+            )  # fmt: skip
+        ax_strip.set(xlim=(-0.5, way - 0.5), ylim=(1.0, 0.0))
     _frame(ax_strip, "white")
     for k, colour, style in ((answer, RIGHT, "-"), (pick, RIGHT if right else WRONG, "-")):
         ax_strip.add_patch(
-            Rectangle((k - 0.47, 0.03), 0.94, 0.94, fill=False, edgecolor=colour,
+            Rectangle((k - 0.47 * box, 0.03), 0.94 * box, 0.94, fill=False, edgecolor=colour,
                       linewidth=2.5, linestyle=style)
         )  # fmt: skip
 
@@ -352,13 +387,13 @@ def _draw_task(fig: Figure | SubFigure, tasks: OneShotTasks, scores: np.ndarray,
     if task_scores.min() >= 0.0 and task_scores.max() <= 1.0:  # probabilities
         ax_bars.bar(np.arange(way), task_scores, width=0.7, color=colours)
         ax_bars.set_ylim(0.0, 1.0)
-        ax_bars.set_ylabel("p(same)", fontsize=9)
+        ax_bars.set_ylabel("p(same)" if tasks.shots == 1 else "mean p(same)", fontsize=9)
     else:  # other scores (e.g. minus a distance): bars rise from just below the lowest
         spread = float(np.ptp(task_scores)) or 1.0
         floor = float(task_scores.min()) - 0.1 * spread
         ax_bars.bar(np.arange(way), task_scores - floor, bottom=floor, width=0.7, color=colours)
         ax_bars.set_ylim(floor, float(task_scores.max()) + 0.05 * spread)
-        ax_bars.set_ylabel("score", fontsize=9)
+        ax_bars.set_ylabel("score" if tasks.shots == 1 else "mean score", fontsize=9)
     ax_bars.tick_params(axis="y", labelsize=8)
     ax_bars.grid(axis="y", alpha=0.3)
     ax_bars.spines[["top", "right"]].set_visible(False)
@@ -370,7 +405,9 @@ def _draw_task(fig: Figure | SubFigure, tasks: OneShotTasks, scores: np.ndarray,
         if right
         else f"wrong: picked candidate {pick + 1} (red), the answer is {answer + 1} (green)"
     )
-    heading = fig.text(left, 0.92, f"{_pretty(group)}, trial {trial}:", fontsize=11, va="center")
+    shown = "" if tasks.shots == 1 else f" (first of {tasks.shots} shots shown)"
+    title = f"{_pretty(group)}, trial {trial}" if group else f"Trial {trial}"  # a flat folder
+    heading = fig.text(left, 0.92, f"{title}{shown}:", fontsize=11, va="center")
     fig.add_artist(
         Annotation(
             verdict, xy=(1.0, 0.5), xycoords=heading, xytext=(8, 0), textcoords="offset points",
@@ -385,11 +422,12 @@ def plot_one_shot_task(
     """One ``way``-way task: the query, the candidates, their scores as bars, the pick marked.
 
     The highest-scoring candidate is the pick: framed and coloured green when it is the
-    query's character, red otherwise (the right one then framed in green).
+    query's character, red otherwise (the right one then framed in green). A K-shot task
+    shows each class's first shot, above the class's mean score (``class_scores``).
 
     Args:
         tasks: the tasks (see :mod:`keras_siamese.evaluation`).
-        scores: ``(T, way)`` scores of every task, higher meaning "same character".
+        scores: ``(T, way * shots)`` scores of every task, higher meaning "same character".
         index: the task to draw.
     """
     fig = plt.figure(figsize=TASK_PANEL_SIZE)
@@ -410,7 +448,7 @@ def plot_task_sheet(
 
     Args:
         tasks: the tasks.
-        scores: ``(T, way)`` scores of every task.
+        scores: ``(T, way * shots)`` scores of every task.
         indices: the tasks to draw; by default ``n`` spread evenly over all tasks.
         title: a heading; by default how many of the drawn tasks were right.
     """
@@ -419,7 +457,8 @@ def plot_task_sheet(
     indices = [int(i) for i in indices]
     if not indices:
         raise ValueError("no tasks to draw")
-    right = sum(int(np.argmax(scores[i]) == tasks.answers[i]) for i in indices)
+    picks = np.argmax(class_scores(scores, tasks), axis=1)
+    right = sum(int(picks[i] == tasks.answers[i]) for i in indices)
     width, height = TASK_PANEL_SIZE
     fig = plt.figure(figsize=(width, SHEET_HEADING + height * len(indices)))
     top, *panels = fig.subfigures(
@@ -427,7 +466,8 @@ def plot_task_sheet(
     )
     top.text(
         0.01, 0.4,
-        title or f"{len(indices)} one-shot tasks: {right} right, {len(indices) - right} wrong",
+        title or f"{len(indices)} {_shots(tasks)} tasks: {right} right, "
+        f"{len(indices) - right} wrong",
         fontsize=13, fontweight="bold", va="center",
     )  # fmt: skip
     for panel, i in zip(panels, indices):
@@ -446,7 +486,7 @@ def plot_accuracy_by_group(
 
     Args:
         tasks: the tasks; their ``groups`` are the rows.
-        scores: scorer name -> ``(T, way)`` scores, e.g. the network and the pixel 1-NN
+        scores: scorer name -> ``(T, way * shots)`` scores, e.g. the network and the pixel 1-NN
             baseline; the first is drawn in blue.
         title: a heading; by default the task's way.
     """
@@ -471,9 +511,58 @@ def plot_accuracy_by_group(
     ax.set_xlim(0.0, 1.0)
     ax.xaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel(f"{tasks.way}-way one-shot accuracy ({len(tasks)} tasks)")
-    ax.set_title(title or f"{tasks.way}-way one-shot accuracy per group")
+    ax.set_xlabel(f"{_kind(tasks)} accuracy ({len(tasks)} tasks)")
+    ax.set_title(title or f"{_kind(tasks)} accuracy per group")
     fig.legend(loc="outside lower center", ncols=count + 1, fontsize=9, frameon=False)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_roc(
+    curves: Mapping[str, Mapping], path: str | Path | None = None, *, threshold: float | None = None
+):
+    """ROC curves of verification scores: true-accept against false-accept rate.
+
+    Each curve's legend entry gives its AUC and equal error rate, which is marked where the
+    curve crosses the EER line (false-accept rate = false-reject rate).
+
+    Args:
+        curves: name -> a dict from :func:`keras_siamese.evaluation.roc`, e.g. the Siamese
+            network's and the pixel 1-NN baseline's; the first is drawn in blue.
+        threshold: an accept threshold (``evaluation.choose_threshold``) whose operating point
+            is marked on the first curve, with its false-accept and false-reject rates.
+    """
+    fig, ax = plt.subplots(figsize=(6.0, 6.0), layout="constrained")
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=0.8, label="chance")
+    ax.plot([0, 1], [1, 0], color="black", linestyle=":", linewidth=1,
+            label="EER line (false accept = false reject)")  # fmt: skip
+    for j, (name, curve) in enumerate(curves.items()):
+        colour = SERIES[j % len(SERIES)]
+        ax.plot(curve["fpr"], curve["tpr"], color=colour, linewidth=1.8,
+                label=f"{name}: AUC {curve['roc_auc']:.3f}, EER {curve['eer']:.1%}")  # fmt: skip
+        ax.plot(curve["eer"], 1.0 - curve["eer"], "o", color=colour, markersize=5)
+    if threshold is not None and curves:
+        first = next(iter(curves.values()))
+        # The last curve point whose threshold is at or above `threshold`: pairs scored at
+        # least `threshold` are accepted, as at that point.
+        point = int(np.flatnonzero(np.asarray(first["thresholds"]) >= threshold)[-1])
+        far, tar = first["fpr"][point], first["tpr"][point]
+        ax.plot(far, tar, "D", color="black", markerfacecolor="white", markersize=8,
+                markeredgewidth=1.5, zorder=4,
+                label=f"threshold {threshold:.3g}: false accept {far:.1%}, "
+                f"false reject {1.0 - tar:.1%}")  # fmt: skip
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal",
+           xlabel="false-accept rate (different pairs accepted)",
+           ylabel="true-accept rate (same pairs accepted)",
+           title="Verification ROC on held-out classes")  # fmt: skip
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.image import AxesImage
 from matplotlib.text import Text
 from PIL import Image
 
@@ -199,3 +200,69 @@ def test_plot_accuracy_versus_time(tmp_path):
     assert paper.get_ydata()[0] == 0.92 and goal.get_ydata()[0] == 0.88
     assert paper.get_linestyle() != goal.get_linestyle()
     assert ax.get_ylim() == (0.2, 1.0)
+
+
+def test_roc(splits, model, tmp_path):
+    """Held-out Omniglot pairs scored by the network and by pixel distance."""
+    split = splits["test"]
+    left, right, same = evaluation.verification_pairs(split, 400, seed=0)
+    network = evaluation.pair_scores(model, split.images, left, right)
+    pixels = split.images.reshape(len(split.images), -1).astype(np.float32) / 255.0
+    pixel = -np.linalg.norm(pixels[left] - pixels[right], axis=1)
+    curves = {"Siamese network": evaluation.roc(network, same),
+              "pixel 1-NN": evaluation.roc(pixel, same)}  # fmt: skip
+    threshold = evaluation.choose_threshold(network, same, target_far=0.2)
+    fig = plots.plot_roc(curves, tmp_path / "roc.png", threshold=threshold)
+    check_png(tmp_path / "roc.png", fig)
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_legend().texts]
+    for name, curve in curves.items():
+        assert f"{name}: AUC {curve['roc_auc']:.3f}, EER {curve['eer']:.1%}" in labels
+    assert any(label.startswith("EER line") for label in labels)
+    # The operating point sits at the threshold's error rates on the network's pairs.
+    (point,) = [line for line in ax.get_lines() if line.get_label().startswith("threshold")]
+    far, frr = evaluation.error_rates(network, same, threshold)
+    assert far <= 0.2
+    np.testing.assert_allclose([point.get_xdata()[0], point.get_ydata()[0]], [far, 1 - frr])
+    assert f"false accept {far:.1%}, false reject {frr:.1%}" in point.get_label()
+    # Without a threshold: no operating point.
+    plain = plots.plot_roc(curves)
+    assert not [line for line in plain.axes[0].get_lines() if "threshold" in line.get_label()]
+
+
+def test_k_shot_tasks_are_drawn_with_their_first_shots(splits, tmp_path):
+    tasks = evaluation.class_tasks(splits["test"], 6, way=20, shots=3, seed=0)
+    scores = evaluation.pixel_scorer(tasks)
+    fig = plots.plot_task_sheet(tasks, scores, path=tmp_path / "k.png")
+    check_png(tmp_path / "k.png", fig)
+    texts = " ".join(t.get_text() for t in fig.findobj(Text))
+    assert "6 3-shot tasks" in texts and "first of 3 shots shown" in texts
+    one = plots.plot_one_shot_task(tasks, scores, 0)
+    strip = max((image.get_array() for image in one.findobj(AxesImage)), key=lambda a: a.shape[1])
+    first_shots = [plots._picture(tasks.images[c]) for c in tasks.candidates[0, ::3]]
+    np.testing.assert_array_equal(strip, plots._mosaic([first_shots], 20, pad=8))
+    by_group = plots.plot_accuracy_by_group(tasks, {"pixel 1-NN": scores})
+    assert by_group.axes[0].get_xlabel() == "20-way 3-shot accuracy (6 tasks)"
+
+
+def test_tasks_of_few_candidates_fit_their_panel(splits, tmp_path):
+    """A 5-way task's pictures are square and stay below the heading, above their bars."""
+    tasks = evaluation.class_tasks(splits["test"], 3, way=5, seed=0)
+    scores = evaluation.pixel_scorer(tasks)
+    fig = plots.plot_one_shot_task(tasks, scores, 0, path=tmp_path / "5.png")
+    check_png(tmp_path / "5.png", fig)
+    pictures = [image for image in fig.findobj(AxesImage) if image.axes.get_title() != "query"]
+    assert len(pictures) == 5
+    for k, picture in enumerate(pictures):
+        box = picture.get_window_extent()
+        assert box.width == pytest.approx(box.height, rel=0.02)
+        assert box.x0 < picture.axes.transData.transform((k, 0))[0] < box.x1
+        assert box.y1 < 0.9 * fig.bbox.height
+
+
+def test_colour_images_are_drawn_in_grey():
+    red, green, blue = (np.full((4, 5), v, np.uint8) for v in (30, 60, 90))
+    picture = plots._picture(np.stack([red, green, blue], axis=-1))
+    assert picture.shape == (4, 5)
+    np.testing.assert_allclose(picture, 60 / 255)
+    np.testing.assert_allclose(plots._picture(red[..., None]), 30 / 255)

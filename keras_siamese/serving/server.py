@@ -486,8 +486,8 @@ class ModelServer:
         if row:
             return {"predictions": _row_outputs(outputs)}
         if len(outputs) == 1:
-            return {"outputs": _jsonable(next(iter(outputs.values())))}
-        return {"outputs": {key: _jsonable(value) for key, value in outputs.items()}}
+            return {"outputs": _jsonable(*next(iter(outputs.items())))}
+        return {"outputs": {key: _jsonable(key, value) for key, value in outputs.items()}}
 
 
 def _run(loaded: _Version, signature_name: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -610,17 +610,30 @@ def _row_outputs(outputs: dict[str, np.ndarray]) -> list:
             400, "the outputs differ in batch size; use the columnar format (\"inputs\")"
         )
     if len(outputs) == 1:
-        return _jsonable(next(iter(outputs.values())))
+        return _jsonable(*next(iter(outputs.items())))
     keys = sorted(outputs)
-    return [{key: _jsonable(outputs[key][i]) for key in keys} for i in range(sizes.pop())]
+    return [
+        {key: _jsonable(key, np.asarray(outputs[key][i])) for key in keys}
+        for i in range(sizes.pop())
+    ]
 
 
-def _jsonable(array: np.ndarray) -> Any:
+def _jsonable(name: str, array: np.ndarray) -> Any:
+    """An output as TF Serving's REST API writes it: strings as text, except in outputs named
+    ``*_bytes`` (and strings that are not UTF-8), which go as ``{"b64": ...}``; shapes kept."""
+
+    def text(value: Any) -> Any:
+        if not isinstance(value, bytes):
+            return value
+        if not name.endswith("_bytes"):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        return {"b64": base64.b64encode(value).decode("ascii")}
+
     if array.dtype == object:
-        return [
-            {"b64": base64.b64encode(v).decode("ascii")} if isinstance(v, bytes) else v
-            for v in array.ravel()
-        ]
+        return text(array.item()) if array.ndim == 0 else np.frompyfunc(text, 1, 1)(array).tolist()
     return array.tolist()
 
 

@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/batch_norm.py
 	$(PY) bench/memory.py
 	$(PY) bench/serving_load.py
+	$(PY) bench/gallery.py
 
 ## The local TF-Serving-compatible server on saved_models/siamese.
 serve: $(VENV)/.installed

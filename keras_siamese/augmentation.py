@@ -25,7 +25,9 @@ class Distortion:
     """Ranges of the random affine distortion, in the paper's units.
 
     Translations are given in pixels of a ``reference_size`` image (Omniglot's
-    105x105) and are scaled to the size of the images being distorted.
+    105x105) and are scaled to the size of the images being distorted. ``flip`` is the
+    probability of mirroring an image left to right, for images whose mirror image shows
+    the same class (a face, an object; not a character): 0 in the paper.
     """
 
     rotation_deg: float = 10.0
@@ -35,6 +37,7 @@ class Distortion:
     translation_px: float = 2.0
     probability: float = 0.5
     reference_size: int = 105
+    flip: float = 0.0
 
     def scaled(self, strength: float) -> "Distortion":
         """These ranges times ``strength`` (scale as its distance from 1): 0 is no distortion.
@@ -83,11 +86,17 @@ def random_affine_parameters(
     shear = _uniform((2, batch_size), seeds[5], -distortion.shear, distortion.shear)
     scale = _uniform((2, batch_size), seeds[6], distortion.scale_min, distortion.scale_max)
     shift = _uniform((2, batch_size), seeds[7], -max_t, max_t)
+    scale_x = pick(uses_scale, scale[0], 1.0)
+    if distortion.flip:
+        # A seed folded in, not split off: the other draws stay as they are without flips.
+        flip_seed = tf.random.experimental.stateless_fold_in(seed, 8)
+        flipped = _uniform(shape, flip_seed, 0.0, 1.0) < distortion.flip
+        scale_x = tf.where(flipped, -scale_x, scale_x)
     return {
         "theta": pick(uses_rotation, _uniform(shape, seeds[4], -max_theta, max_theta), 0.0),
         "shear_x": pick(uses_shear, shear[0], 0.0),
         "shear_y": pick(uses_shear, shear[1], 0.0),
-        "scale_x": pick(uses_scale, scale[0], 1.0),
+        "scale_x": scale_x,
         "scale_y": pick(uses_scale, scale[1], 1.0),
         "tx": pick(uses_translation, shift[0], 0.0),
         "ty": pick(uses_translation, shift[1], 0.0),

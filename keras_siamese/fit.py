@@ -8,6 +8,12 @@ sheet of Lake's trials as the model scored them (``one_shot_tasks.png``).
 With ``--members N`` (``--preset cpu-long``: three ``cpu`` networks) it
 trains N networks, each in a run folder of its own, and reports and exports
 their ensemble, the mean of their scores.
+
+With ``--images DIR`` it does the same for a folder of the user's own classes (one
+subfolder per class, or group/class): the classes are split into train, validation and test
+(``split.json``), and the report is on the test classes: N-way 1-shot and K-shot accuracy,
+verification ROC AUC and equal error rate, and the threshold for "none of these" that the
+SavedModel carries (``roc.png``, ``one_shot_tasks.png``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import time
 from pathlib import Path
 
 from keras_siamese.config import (
-    BOUNDS, DEFAULT_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig, add_tta_arguments,
+    BOUNDS, CHANNELS, DEFAULT_PRESET, FOLDER_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig,
+    add_tta_arguments,
 )
 
 
@@ -32,12 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default=DEFAULT_PRESET,
-        help="starting configuration: 'cpu' trains in under 20 minutes on 2 CPU cores, "
+        default=None,
+        help=f"starting configuration (default: {DEFAULT_PRESET!r}, with --images "
+        f"{FOLDER_PRESET!r}): 'cpu' trains in under 20 minutes on 2 CPU cores, "
         "'cpu-long' three cpu networks (an ensemble) in under an hour; "
         "'koch2015' is the paper's protocol at 105x105 "
         "(meant for a GPU); "
-        "'smoke' is a tiny network for trying the pipeline",
+        "'smoke' is a tiny network for trying the pipeline; 'folder' the cpu network "
+        "for a folder of a few hundred images",
     )
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -49,6 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--tfds-dir", default=None, help="where TFDS keeps the prepared dataset (default: TFDS's)"
     )
+    own = parser.add_argument_group("your own images (instead of Omniglot)")
+    own.add_argument("--images", metavar="DIR", default=None,
+                     help="a folder of classes: one subfolder per class, or group/class for "
+                     "tasks within a group; PNG, JPEG, GIF, BMP, PGM/PPM, TIFF or WebP")
+    own.add_argument("--channels", type=int, choices=CHANNELS, default=None,
+                     help="1: grey scale, 3: colour (default: 1)")
+    own.add_argument("--split", metavar="FILE", default=None,
+                     help="the split.json of an earlier run: the same train, validation and "
+                     "test classes (default: a new split drawn with --seed)")
+    own.add_argument("--cache-dir", default=None,
+                     help="where the prepared images are kept (default: "
+                     "$KERAS_SIAMESE_CACHE_DIR, else ~/.cache/keras_siamese/folders)")
+    own.add_argument("--init-from", metavar="RUN_DIR", default=None,
+                     help="start from this trained network (a run folder or .keras file of "
+                     "the same architecture, e.g. an Omniglot cpu run) instead of from scratch")
+    own.add_argument("--way", type=_checked("way"), default=None,
+                     help="N of the N-way tasks (default: 20, or the classes of the smallest "
+                     "of the validation and test splits)")
+    own.add_argument("--shots", type=_checked("shots"), default=None,
+                     help="K of the K-shot tasks reported beside 1-shot (default: 5, or "
+                     "fewer where the test classes have fewer images)")
+    own.add_argument("--target-far", type=_checked("target_far"), default=None,
+                     help="choose the 'none of these' threshold with at most this "
+                     "false-accept rate on validation classes (default: the equal error rate)")
     out = parser.add_argument_group("output")
     out.add_argument("--runs-dir", default="runs", help="parent folder of new run folders")
     out.add_argument(
@@ -104,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     over.add_argument("--distortion-strength", type=_checked("distortion_strength"), default=None,
                       help="multiplies the distortions' ranges (rotation, shear, scale's distance "
                       "from 1, translation; 1: the paper's)")
+    over.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                      help="mirror each training image left to right with probability 0.5, "
+                      "on its own: for photographs (faces, objects), not characters")
     over.add_argument("--quarter-turns", action=argparse.BooleanOptionalAction, default=None,
                       help="turn each training character by a random number of quarter turns "
                       "(four times the characters to tell apart)")
@@ -121,7 +157,9 @@ def _checked(field: str):
 
 
 # The ModelConfig fields that have a command-line override.
-_MODEL_OVERRIDES = {"image_size", "filters", "dense_units", "mixed_precision", "batch_norm"}
+_MODEL_OVERRIDES = {
+    "image_size", "channels", "filters", "dense_units", "mixed_precision", "batch_norm",
+}
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
@@ -135,6 +173,17 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     }
     if "filters" in overrides:
         overrides["filters"] = tuple(overrides["filters"])
+    for name in ("images", "init_from"):  # recorded as absolute paths: a resume finds them
+        if name in overrides:
+            overrides[name] = str(Path(overrides[name]).resolve())
+    init_from = Path(overrides.get("init_from", ""))
+    if "init_from" in overrides and not (init_from.is_file() or (init_from / "best.keras").is_file()):
+        raise SystemExit(
+            f"error: --init-from {args.init_from}: neither a .keras file nor a run folder with "
+            "best.keras"
+        )
+    if "channels" in overrides and args.images is None:
+        raise SystemExit("error: --channels is for --images; Omniglot is grey scale")
     if args.resume:
         run_dir = Path(args.resume)
         config_path = run_dir / "config.json"
@@ -151,8 +200,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
             ) from None
     from keras_siamese.hardware import adapt_to_machine
 
+    preset = args.preset or (FOLDER_PRESET if args.images else DEFAULT_PRESET)
     try:
-        config = adapt_to_machine(args.preset, overrides.pop("mixed_precision", None))
+        config = adapt_to_machine(preset, overrides.pop("mixed_precision", None))
         config = config.replace(**overrides)
     except ValueError as error:  # an override out of range
         raise SystemExit(f"error: {error}") from None
@@ -165,8 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config, run_dir = resolve_config(args)
     from keras_siamese.reporting import (
-        RefusedModelError, check_trained, evaluate_and_export, load_data, summary,
-        train_and_report, write_metrics,
+        RefusedModelError, check_trained, evaluate_and_export, fit_to_folder, folder_report,
+        folder_summary, load_data, load_folder, summary, train_and_report, write_metrics,
     )
 
     started = time.monotonic()
@@ -174,24 +224,41 @@ def main(argv: list[str] | None = None) -> dict:
         "mixed bfloat16" if config.model.mixed_precision else "float32"
     )
     print(f"keras-siamese: preset {config.preset!r} in {precision}, run folder {run_dir}")
-    splits, runs = load_data(args.data_dir, args.tfds_dir, config.train_drawers)
+    if config.images is not None:
+        splits = load_folder(config, run_dir, args.split, args.cache_dir)
+        told = frozenset(name for name in ("way", "shots") if getattr(args, name) is not None)
+        config = fit_to_folder(config, splits, told)
+    else:
+        splits, runs = load_data(args.data_dir, args.tfds_dir, config.train_drawers)
 
-    model, trained = train_and_report(config, splits, run_dir)
+    from keras_siamese.training import IncompatibleNetworkError
+
+    try:
+        model, trained = train_and_report(config, splits, run_dir)
+    except (IncompatibleNetworkError, FileNotFoundError) as error:  # --init-from
+        raise SystemExit(f"error: {error}") from None
     best_val = trained.get("best_val_one_shot_accuracy", trained.get("val_one_shot_accuracy"))
     try:
         check_trained(model, best_val, config.way, config.val_tasks)
     except RefusedModelError as error:
         raise SystemExit(f"error: {error} The run folder keeps what was trained: {run_dir}") from None
 
-    metrics = evaluate_and_export(
-        model, splits, runs, run_dir, way=config.way, seed=config.seed,
-        export_dir=None if args.no_export else args.export_dir, model_name=args.model_name,
-        tta_views=config.tta_views, tta_symmetries=config.tta_symmetries,
-    )  # fmt: skip
+    export_dir = None if args.no_export else args.export_dir
+    if config.images is not None:
+        metrics = folder_report(
+            model, splits, run_dir, config, export_dir=export_dir, model_name=args.model_name
+        )
+    else:
+        metrics = evaluate_and_export(
+            model, splits, runs, run_dir, way=config.way, seed=config.seed,
+            export_dir=export_dir, model_name=args.model_name,
+            tta_views=config.tta_views, tta_symmetries=config.tta_symmetries,
+        )  # fmt: skip
     metrics.update(trained)
     write_metrics(metrics, run_dir, started)
     epochs = " + ".join(str(n) for n in metrics.get("member_epochs", [metrics.get("epochs")]))
-    print(summary(metrics) + f"\nTrained {epochs} epochs in {trained['train_seconds'] / 60:.1f} min; "
+    report = folder_summary(metrics) if config.images is not None else summary(metrics)
+    print(report + f"\nTrained {epochs} epochs in {trained['train_seconds'] / 60:.1f} min; "
           f"total {metrics['total_seconds'] / 60:.1f} min\nRun folder: {run_dir}")
     return metrics
 

@@ -12,6 +12,8 @@ A run folder holds everything a run produced::
     learning_curves.png  loss and one-shot accuracy per epoch (written by keras_siamese.fit)
     one_shot_tasks.png   a few of Lake's trials as the model scored them (keras_siamese.fit)
     metrics.json         the evaluation (keras_siamese.fit)
+    split.json           with a folder of images: its classes in train, validation and test
+    roc.png              with a folder of images: verification ROC on its test classes
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -34,8 +37,10 @@ from keras_siamese import files
 from keras_siamese.augmentation import Distortion
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import OmniglotImages
-from keras_siamese.evaluation import SiameseScorer, accuracy, within_alphabet_tasks
-from keras_siamese.model import build_all_pairs_trainer, build_siamese, layer_names
+from keras_siamese.evaluation import (
+    OneShotTasks, SiameseScorer, accuracy, class_tasks, within_alphabet_tasks,
+)
+from keras_siamese.model import build_all_pairs_trainer, build_siamese, layer_names, load_trained
 from keras_siamese.optimizers import LayerwiseSGD
 from keras_siamese.pairs import character_batch_dataset, pair_dataset
 
@@ -370,20 +375,21 @@ def train(
     best_path = run_dir / "best.keras"
     log_path = run_dir / "log.csv"
     backup_dir = run_dir / "backup"
-    # Epochs logged after the last backup are repeated when the run resumes: drop them.
-    _keep_logged_epochs(log_path, EpochBackup.epochs_done(backup_dir))
-    best_so_far = _best_so_far(log_path)
-    if best_path.exists() and best_so_far is not None and not backup_dir.exists():
+    if best_path.exists() and _best_so_far(log_path) is not None and not backup_dir.exists():
         # BackupAndRestore deletes its backup when training ends, so this run's training has
         # finished: resuming a run killed later (in evaluation or export) must not retrain it.
         return files.load_keras_model(best_path), read_history(log_path)
+    # Epochs logged after the last backup are repeated when the run resumes: drop them.
+    _keep_logged_epochs(log_path, EpochBackup.epochs_done(backup_dir))
+    best_so_far = _best_so_far(log_path)
 
     keras.utils.set_random_seed(config.seed)
     first_step = tf.Variable(0, dtype=tf.int64, trainable=False)
     train_ds, val_ds = datasets(config, splits, first_step)
-    val_tasks = within_alphabet_tasks(
-        splits["validation"], config.val_tasks, way=config.way, seed=config.seed + 2
-    )
+    val_tasks = validation_tasks(
+        splits["validation"], tasks=config.val_tasks, way=config.way, seed=config.seed,
+        folder=config.images is not None,
+    )  # fmt: skip
 
     model, fitted = compiled_models(config)
     backup = EpochBackup(backup_dir)  # first: it restores a killed run before the others start
@@ -467,8 +473,45 @@ def _claim_run_dir(config: TrainConfig, run_dir: str | Path) -> Path:
     return run_dir
 
 
+def validation_tasks(
+    validation: OmniglotImages, *, tasks: int, way: int, seed: int, folder: bool = False
+) -> OneShotTasks:
+    """The one-shot tasks that models are chosen on: ``tasks`` ``way``-way tasks drawn with
+    ``seed + 2``. Omniglot's are Koch et al.'s within-alphabet tasks; a folder's take one
+    image of each class as its candidates (``evaluation.class_tasks``)."""
+    if folder:
+        return class_tasks(validation, tasks, way=way, seed=seed + 2)
+    return within_alphabet_tasks(validation, tasks, way=way, seed=seed + 2)
+
+
+class IncompatibleNetworkError(ValueError):
+    """A trained network that cannot start this run: another architecture or input."""
+
+
+def initial_weights(model: keras.Model, source: str | Path) -> None:
+    """Sets ``model``'s weights to those of a trained network (``--init-from``): fine-tuning.
+
+    Raises:
+        IncompatibleNetworkError: the trained network has another architecture or input.
+        FileNotFoundError: ``source`` holds no network.
+    """
+    trained = load_trained(source)
+    ours = [tuple(w.shape) for w in model.weights]
+    theirs = [tuple(w.shape) for w in trained.weights]
+    if ours != theirs or model.input["left"].shape != trained.input["left"].shape:
+        raise IncompatibleNetworkError(
+            f"--init-from {source}: that network takes {tuple(trained.input['left'].shape[1:])} "
+            f"images with {len(theirs)} weight tensors; this run's takes "
+            f"{tuple(model.input['left'].shape[1:])} with {len(ours)}. Start it with the same "
+            "architecture (--preset, --image-size, --channels, --filters, --dense-units)."
+        )
+    model.set_weights(trained.get_weights())
+
+
 def compiled_models(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
     """A new Siamese model, and the compiled model that ``fit`` trains for it.
+
+    With ``config.init_from`` the new model starts from that trained network's weights.
 
     With random pairs that is the Siamese model itself, with its binary
     cross-entropy; with all pairs it is its all-pairs view
@@ -476,6 +519,8 @@ def compiled_models(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
     Both report the verification accuracy of their pairs as ``accuracy``.
     """
     model = build_siamese(config.model)
+    if config.init_from is not None:
+        initial_weights(model, config.init_from)
     if config.pair_sampling != "random":
         groups = config.batch_alphabets if config.pair_sampling == "alphabet" else 1
         fitted = build_all_pairs_trainer(model, groups)
@@ -489,6 +534,20 @@ def compiled_models(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
     return model, fitted
 
 
+def _batch_shape_within(split: OmniglotImages, shape: dict[str, int]) -> dict[str, int]:
+    """An all-pairs batch ``shape`` cut down to what ``split`` holds: its largest group's
+    classes, the groups that have that many, and its smallest class's images. (Omniglot's
+    validation split holds the training batch's shape; a small folder's may not.)"""
+    sizes = np.unique(split.character, return_counts=True)[1]
+    groups = np.unique([a for a, _ in set(zip(split.alphabet, split.character))], return_counts=True)[1]
+    characters = min(shape["characters"], int(groups.max()))
+    return dict(
+        alphabets=min(shape["alphabets"], int(np.sum(groups >= characters))),
+        characters=characters,
+        drawers=min(shape["drawers"], int(sizes.min())),
+    )
+
+
 def datasets(
     config: TrainConfig, splits: dict[str, OmniglotImages], first_step: tf.Variable | int = 0
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
@@ -497,7 +556,10 @@ def datasets(
     ``fit`` takes ``config.steps_per_epoch`` training batches per epoch.
     """
     size = config.model.image_size
-    distortion = Distortion().scaled(config.distortion_strength) if config.distort else None
+    distortion = (
+        Distortion(flip=0.5 if config.flip else 0.0).scaled(config.distortion_strength)
+        if config.distort else None
+    )  # fmt: skip
     if config.pair_sampling != "random":
         shape = dict(
             alphabets=config.batch_alphabets,
@@ -511,7 +573,7 @@ def datasets(
         )
         val = character_batch_dataset(
             splits["validation"], image_size=size, steps=config.val_pair_steps,
-            seed=config.seed + 1, distortion=None, **shape,
+            seed=config.seed + 1, distortion=None, **_batch_shape_within(splits["validation"], shape),
         )
         return train, val.cache()
     train = pair_dataset(

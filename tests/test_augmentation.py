@@ -232,3 +232,17 @@ def test_symmetric_views_apply_their_symmetry_then_their_distortion(count):
         )
     with pytest.raises(ValueError, match="symmetries must be 1, 4 or 8"):
         view_transforms(2, SIZE, symmetries=2)
+
+
+def test_flip_mirrors_about_half_the_images_each_on_its_own_and_leaves_the_rest():
+    images = np.zeros((64, 16, 16, 1), np.float32)
+    images[:, :, :4] = 1.0  # a bar on the left
+    seed = tf.constant([1, 2])
+    flipped = distort(tf.constant(images), seed, Distortion(flip=0.5).scaled(0.0)).numpy()
+    mirrored = flipped[:, :, -4:].mean(axis=(1, 2, 3)) > 0.9
+    assert 0.3 < mirrored.mean() < 0.7
+    np.testing.assert_array_equal(flipped[~mirrored], images[~mirrored])
+    np.testing.assert_array_equal(flipped[mirrored], images[mirrored][:, :, ::-1])
+    # Without flips the draws are the paper's, exactly as before the option existed.
+    paper = distort(tf.constant(images), seed, Distortion()).numpy()
+    np.testing.assert_array_equal(paper, distort(tf.constant(images), seed, Distortion(flip=0.0)).numpy())

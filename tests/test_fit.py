@@ -45,8 +45,18 @@ OPTIONS = [
     "--no-quarter-turns",
     "--mirror",
     "--no-mirror",
+    "--flip",
+    "--no-flip",
     "--tta-views",
     "--tta-symmetries",
+    "--images",
+    "--channels",
+    "--split",
+    "--cache-dir",
+    "--init-from",
+    "--way",
+    "--shots",
+    "--target-far",
 ]
 
 
@@ -135,3 +145,27 @@ def test_numeric_options_are_checked_when_parsed(flags, message, capsys):
         fit.build_parser().parse_args(list(flags))
     assert exit_.value.code == 2  # argparse's usage error: nothing has run
     assert message in capsys.readouterr().err
+
+
+def test_images_pick_the_folder_preset_and_record_absolute_paths(tmp_path):
+    from keras_siamese import fit
+
+    (tmp_path / "trained.keras").write_bytes(b"")
+    args = fit.build_parser().parse_args([
+        "--images", str(tmp_path), "--channels", "3", "--init-from", str(tmp_path / "trained.keras"), "--way", "5",
+        "--shots", "3", "--target-far", "0.01", "--flip", "--runs-dir", str(tmp_path),
+    ])  # fmt: skip
+    config, run_dir = fit.resolve_config(args)
+    assert config.preset == "folder" and run_dir.name.endswith("-folder-seed0")
+    assert config.images == str(tmp_path.resolve())
+    assert config.init_from == str((tmp_path / "trained.keras").resolve())
+    assert (config.model.channels, config.way, config.shots, config.target_far) == (3, 5, 3, 0.01)
+    assert config.flip and not config.quarter_turns
+    # Omniglot is grey scale; the default preset without --images is still cpu.
+    with pytest.raises(SystemExit, match="--channels is for --images"):
+        fit.resolve_config(fit.build_parser().parse_args(["--channels", "3"]))
+    assert fit.resolve_config(fit.build_parser().parse_args([]))[0].preset == "cpu"
+    with pytest.raises(SystemExit, match="--init-from .*neither a .keras file nor a run folder"):
+        fit.resolve_config(fit.build_parser().parse_args(["--init-from", str(tmp_path / "no")]))
+    with pytest.raises(SystemExit):
+        fit.build_parser().parse_args(["--images", str(tmp_path), "--target-far", "1.5"])

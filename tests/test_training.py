@@ -217,3 +217,19 @@ def test_early_stopping_carries_on_from_the_logged_epochs(tmp_path):
     # One more epoch without a better accuracy exhausts the patience of 3.
     stopping.on_epoch_end(4, {training.VAL_METRIC: 0.29})
     assert stopping.model.stop_training
+
+
+def test_init_from_copies_a_trained_network_and_refuses_another_architecture(small_config, tmp_path):
+    from keras_siamese.model import build_siamese
+
+    source = build_siamese(small_config(paper_init=False))
+    source.save(tmp_path / "source.keras")
+    target = build_siamese(small_config(paper_init=False))
+    training.initial_weights(target, tmp_path / "source.keras")
+    for a, b in zip(source.get_weights(), target.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    colour = build_siamese(small_config(paper_init=False, channels=3))
+    with pytest.raises(training.IncompatibleNetworkError, match=r"takes \(28, 28, 1\) images"):
+        training.initial_weights(colour, tmp_path / "source.keras")
+    with pytest.raises(FileNotFoundError):
+        training.initial_weights(target, tmp_path / "missing.keras")

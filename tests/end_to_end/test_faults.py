@@ -124,6 +124,8 @@ def test_a_run_killed_at_every_phase_ends_as_an_uninterrupted_one(
     resumed = run_python("-m", "keras_siamese.fit", *args, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_nothing_half_written(run_dir, model_dir)
+    # The last kill came after training: the resumed run exports without training again.
+    assert "Epoch " not in resumed.stdout
 
     # One SavedModel version, however often the export was interrupted or repeated, and no
     # staging folder or temporary file left behind.
@@ -150,5 +152,6 @@ def test_a_run_killed_at_every_phase_ends_as_an_uninterrupted_one(
     again = run_python("-m", "keras_siamese.fit", *args, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Already exported as" in again.stdout
+    assert "Epoch " not in again.stdout
     assert export.versions(model_dir) == [1]
     assert os.path.exists(run_dir / "export.json")

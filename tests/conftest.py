@@ -53,6 +53,9 @@ def lake_runs(omniglot_dir: pathlib.Path) -> data.LakeRuns:
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+# The ORL faces (40 people, 10 PGM photographs each): a user's own folder of classes.
+ORL_DIR = REPO_ROOT.parent / "shared" / "data" / "orl_faces"
+
 
 def small_model_config(**changes):
     """A tiny 28x28 network that builds and runs in well under a second on 2 CPU cores.

@@ -7,7 +7,7 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, keras_probabilities
+from conftest import ORL_DIR, keras_probabilities
 from PIL import Image
 
 from keras_siamese import evaluation
@@ -244,7 +244,6 @@ def test_an_ensemble_scores_the_mean_of_its_members(small_config, koch_tasks, vi
 
 # --- K-shot tasks on any labelled images -----------------------------------------------------
 
-ORL_DIR = REPO_ROOT.parent / "shared" / "data" / "orl_faces"
 
 
 @pytest.fixture(scope="module")

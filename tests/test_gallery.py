@@ -11,13 +11,12 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT, small_model_config
+from conftest import ORL_DIR, small_model_config
 from PIL import Image
 
 from keras_siamese import export, gallery
 from keras_siamese.model import build_siamese, head_of
 
-ORL_DIR = REPO_ROOT.parent / "shared" / "data" / "orl_faces"
 
 # Three people, three photographs each, enrolled; a fourth photograph of each is a query.
 PEOPLE = ("s1", "s2", "s3")

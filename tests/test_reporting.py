@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import ORL_DIR
 
 from keras_siamese import reporting
 from keras_siamese.model import build_siamese
@@ -42,7 +42,6 @@ def test_a_network_at_chance_is_refused_where_validation_can_tell(model, best_va
 
 # --- A folder of the user's classes -------------------------------------------------------
 
-ORL_DIR = REPO_ROOT.parent / "shared" / "data" / "orl_faces"
 
 
 @pytest.fixture(scope="module")

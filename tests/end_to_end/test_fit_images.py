@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT
+from conftest import ORL_DIR
 from keras_siamese.model import load_trained
 
 pytestmark = pytest.mark.slow
 
-ORL_DIR = REPO_ROOT.parent / "shared" / "data" / "orl_faces"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A short run: the folder preset's network, one epoch of a few batches.
 SHORT = ["--epochs", "1", "--steps-per-epoch", "8", "--val-tasks", "50", "--tta-views", "2"]

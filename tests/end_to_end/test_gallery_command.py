@@ -10,14 +10,13 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, small_model_config
+from conftest import ORL_DIR, small_model_config
 
 from keras_siamese import export, gallery
 from keras_siamese.model import build_siamese, head_of
 
 pytestmark = pytest.mark.slow
 
-ORL_DIR = REPO_ROOT.parent / "shared" / "data" / "orl_faces"
 PEOPLE = ("s10", "s11", "s12", "s13")
 
 

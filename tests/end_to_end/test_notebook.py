@@ -45,8 +45,9 @@ def _read() -> nbformat.NotebookNode:
     return nbformat.read(NOTEBOOK, as_version=4)
 
 
-def test_notebook_is_stored_without_outputs():
-    nb = _read()
+@pytest.mark.parametrize("name", ["walkthrough.ipynb", "your_own_images.ipynb"])
+def test_notebooks_are_stored_without_outputs(name):
+    nb = nbformat.read(REPO_ROOT / "notebooks" / name, as_version=4)
     nbformat.validate(nb)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert code

@@ -708,7 +708,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     threshold = args.threshold
     if threshold is None:
-        threshold = _run_threshold(args.model) if len(args.model) == 1 else DEFAULT_THRESHOLD
+        threshold = _run_threshold(args.model[0]) if len(args.model) == 1 else DEFAULT_THRESHOLD
     try:
         target = export_saved_model(
             model, args.export_dir, args.name, args.version, args.tta_views,

@@ -322,3 +322,11 @@ def test_a_colour_network_exports_with_its_threshold_and_gallery_limit(small_con
         )
     with pytest.raises(ValueError, match="threshold must be a probability"):
         export.export_saved_model(colour, tmp_path, "colour", threshold=1.5)
+
+
+def test_the_export_command_takes_a_run_folders_threshold(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"threshold": 0.25}))
+    assert export._run_threshold(str(tmp_path)) == 0.25
+    (tmp_path / "metrics.json").write_text(json.dumps({"lake_runs_accuracy": 0.9}))
+    assert export._run_threshold(str(tmp_path)) == export.DEFAULT_THRESHOLD
+    assert export._run_threshold(str(tmp_path / "model.keras")) == export.DEFAULT_THRESHOLD

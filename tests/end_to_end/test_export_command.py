@@ -95,13 +95,18 @@ def test_export_command_on_a_run_folder(trained_run, lake_runs, run_python, tmp_
     result = run_python(
         "-m", "keras_siamese.export", run_dir, "--export-dir", tmp_path, "--name", "omniglot",
         "--tta-views", "2", "--tta-symmetries", "1", "--max-images", "64", "--max-pairs", "400",
+        "--max-gallery", "5000",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     target = tmp_path / "omniglot" / "1"
     limits = tf.saved_model.load(str(target)).signatures["limits"]()
     assert {k: int(v) for k, v in limits.items()} == {
-        "max_pixels": export.ExportLimits().max_pixels, "max_images": 64, "max_pairs": 400
+        "max_pixels": export.ExportLimits().max_pixels, "max_images": 64, "max_pairs": 400,
+        "max_gallery": 5000,
     }  # fmt: skip
+    # An Omniglot run chooses no threshold: the export's default.
+    info = tf.saved_model.load(str(target)).signatures["model_info"]()
+    assert float(info["threshold"]) == export.DEFAULT_THRESHOLD
     assert str(target) in result.stdout
     assert export.versions(tmp_path / "omniglot") == [1]
     best = keras.models.load_model(run_dir / "best.keras")

@@ -162,3 +162,20 @@ def log_rows(run_dir: pathlib.Path) -> list[dict[str, str]]:
 
     with (run_dir / "log.csv").open() as f:
         return list(csv.DictReader(f))
+
+
+def execute_notebook(path: pathlib.Path, env: dict[str, str], timeout: int):
+    """Runs the notebook at ``path`` top to bottom in a fresh kernel with ``env`` and returns it.
+
+    Raises nbclient's CellExecutionError, with the cell and its traceback, on an error.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )  # fmt: skip
+    client.execute(env=env)
+    return nb

@@ -15,9 +15,7 @@ import re
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, execute_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -76,14 +74,7 @@ def executed(tmp_path_factory):
         KERAS_SIAMESE_CACHE_DIR=str(tmp_path_factory.mktemp("folder_cache")),
         TF_CPP_MIN_LOG_LEVEL="2",
     )
-    nb = _read()
-    client = NotebookClient(
-        nb,
-        timeout=CELL_TIMEOUT,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    )
-    client.execute(env=env)  # raises CellExecutionError, with the cell and traceback, on an error
+    nb = execute_notebook(NOTEBOOK, env, CELL_TIMEOUT)
     return nb, output_dir
 
 

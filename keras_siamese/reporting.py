@@ -333,14 +333,13 @@ def fit_to_folder(
     # The N-th largest test class must hold K shots and a query.
     changes["shots"] = max(1, min(config.shots, int(test_sizes[changes["way"] - 1]) - 1))
     if config.pair_sampling != "random":
-        train = splits["train"]
-        groups, per_group = np.unique(
-            [a for a, _ in sorted(set(zip(train.alphabet, train.character)))], return_counts=True
+        from keras_siamese.training import batch_shape_within
+
+        shape = {"alphabets": config.batch_alphabets, "characters": config.batch_characters,
+                 "drawers": config.batch_drawers}  # fmt: skip
+        changes.update(
+            {f"batch_{name}": value for name, value in batch_shape_within(splits["train"], shape).items()}
         )
-        changes["batch_characters"] = min(config.batch_characters, int(per_group.max()))
-        eligible = int(np.sum(per_group >= changes["batch_characters"]))
-        changes["batch_alphabets"] = min(config.batch_alphabets, eligible)
-        changes["batch_drawers"] = min(config.batch_drawers, int(class_sizes(train).min()))
     fitted = {name: value for name, value in changes.items() if getattr(config, name) != value}
     refused = sorted(set(fitted) & told)
     if refused:
@@ -395,27 +394,27 @@ def folder_report(
         metrics[f"test_{k}shot_accuracy_tta"] = evaluation.accuracy(tta(tasks), tasks)
         metrics[f"test_{k}shot_1nn"] = evaluation.accuracy(evaluation.pixel_scorer(tasks), tasks)
 
-    def pair_tasks(split: OmniglotImages, pair_seed: int):
+    def pair_scores(split: OmniglotImages, pair_seed: int, *, pixel: bool = False):
         left, right, same = evaluation.verification_pairs(
             split, FOLDER_VERIFICATION_PAIRS, seed=pair_seed
         )
-        # A pair is a one-candidate task: the same scorers score it.
+        network = evaluation.pair_scores(model, split.images, left, right)
+        if not pixel:
+            return network, same
+        # A pair is a one-candidate task to the pixel baseline.
         pairs = evaluation.OneShotTasks(
             images=split.images, queries=left, candidates=right[:, None],
             answers=np.zeros(len(left), np.int64), groups=np.full(len(left), ""),
         )  # fmt: skip
-        return pairs, same
+        return network, same, evaluation.pixel_scorer(pairs)[:, 0]
 
-    val_pairs, val_same = pair_tasks(splits["validation"], seed + 4)
+    val_scores, val_same = pair_scores(splits["validation"], seed + 4)
     # A target that only rejecting everything meets gives an infinite threshold: 1 rejects
     # all but perfect matches.
-    threshold = min(1.0, evaluation.choose_threshold(
-        scorer(val_pairs)[:, 0], val_same, config.target_far
-    ))  # fmt: skip
-    test_pairs, test_same = pair_tasks(test, seed + 5)
-    network_scores = scorer(test_pairs)[:, 0]
+    threshold = min(1.0, evaluation.choose_threshold(val_scores, val_same, config.target_far))
+    network_scores, test_same, pixel_scores = pair_scores(test, seed + 5, pixel=True)
     network = evaluation.roc(network_scores, test_same)
-    pixels = evaluation.roc(evaluation.pixel_scorer(test_pairs)[:, 0], test_same)
+    pixels = evaluation.roc(pixel_scores, test_same)
     far, frr = evaluation.error_rates(network_scores, test_same, threshold)
     metrics.update(
         verification_roc_auc=network["roc_auc"], verification_eer=network["eer"],

@@ -534,7 +534,7 @@ def compiled_models(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
     return model, fitted
 
 
-def _batch_shape_within(split: OmniglotImages, shape: dict[str, int]) -> dict[str, int]:
+def batch_shape_within(split: OmniglotImages, shape: dict[str, int]) -> dict[str, int]:
     """An all-pairs batch ``shape`` cut down to what ``split`` holds: its largest group's
     classes, the groups that have that many, and its smallest class's images. (Omniglot's
     validation split holds the training batch's shape; a small folder's may not.)"""
@@ -573,7 +573,7 @@ def datasets(
         )
         val = character_batch_dataset(
             splits["validation"], image_size=size, steps=config.val_pair_steps,
-            seed=config.seed + 1, distortion=None, **_batch_shape_within(splits["validation"], shape),
+            seed=config.seed + 1, distortion=None, **batch_shape_within(splits["validation"], shape),
         )
         return train, val.cache()
     train = pair_dataset(

@@ -37,7 +37,9 @@ bench: $(VENV)/.installed
 	$(PY) bench/batch_norm.py
 	$(PY) bench/memory.py
 	$(PY) bench/serving_load.py
+	$(PY) bench/warmup.py
 	$(PY) bench/gallery.py
+	$(PY) bench/multi_worker.py
 
 ## The local TF-Serving-compatible server on saved_models/siamese.
 serve: $(VENV)/.installed

@@ -28,6 +28,11 @@ from file headers before decoding, image counts, ``Q * K``, finite pixels), so t
 under TF Serving too; the ``limits`` signature and ``assets.extra/limits.json`` tell clients
 what they are (docs/serving.md, "Limits"). A model with non-finite weights or scores is not
 exported, and staging folders left by interrupted exports are removed (:func:`stale_staging`).
+
+Every version carries TF Serving's warm-up file, ``assets.extra/tf_serving_warmup_requests``
+(:func:`warmup_requests`): one representative request per signature, which TF Serving (and the
+local server) replays when it loads the version, so that the first client request does not pay
+for TensorFlow's lazy initialisation (docs/benchmarks.md, "Warm-up").
 """
 
 from __future__ import annotations
@@ -77,6 +82,10 @@ SIGNATURES = (
     "compare",
     "model_info",
 )
+
+# TF Serving's warm-up file, in a version's assets.extra/, and the most records it replays.
+WARMUP_FILE = "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000
 
 # The decision threshold for "none of these" when none was chosen on validation classes:
 # the probability at which the network's own training makes "same" and "different" equal.
@@ -539,14 +548,20 @@ def _model_info(model: keras.Model, threshold: float) -> dict:
     }
 
 
+def _probe_images(image_size: int, channels: int, max_pixels: int) -> list[np.ndarray]:
+    """A blank and two random images ``(1, side, side, channels)``, float32 pixel values, each
+    within ``max_pixels`` and as large as the network's input (:func:`_probe`, the warm-up)."""
+    side = min(image_size, math.isqrt(max_pixels))
+    rng = np.random.default_rng(0)
+    return [np.full((1, side, side, channels), 255.0, np.float32)] + [
+        rng.integers(0, 256, (1, side, side, channels)).astype(np.float32) for _ in range(2)
+    ]
+
+
 def _probe(signatures: dict, image_size: int, channels: int, limits: ExportLimits) -> None:
     """Runs ``one_shot`` on blank and random images, one pair a call (within any limits);
     raises ValueError unless every score is a finite probability."""
-    side = min(image_size, math.isqrt(limits.max_pixels))
-    rng = np.random.default_rng(0)
-    images = [np.full((1, side, side, channels), 255.0, np.float32)] + [
-        rng.integers(0, 256, (1, side, side, channels)).astype(np.float32) for _ in range(2)
-    ]
+    images = _probe_images(image_size, channels, limits.max_pixels)
     scores = [
         float(signatures["one_shot"](queries=q, support=s)["scores"].numpy()[0, 0])
         for q in images
@@ -557,6 +572,93 @@ def _probe(signatures: dict, image_size: int, channels: int, limits: ExportLimit
             "refusing to export: the model's one_shot scores of blank and random images are "
             f"not probabilities in [0, 1]: {scores}"
         )
+
+
+def _warmup_tensor(spec: tf.TensorSpec, image: np.ndarray) -> np.ndarray:
+    """A representative value for one signature input: ``image`` for pixel inputs, the same
+    image as a PNG file for string inputs, a row of zeros for embedding inputs."""
+    if spec.dtype == tf.string:
+        pixels = np.clip(image[0], 0, 255).astype(np.uint8)
+        return np.array([tf.io.encode_png(pixels).numpy()], dtype=object)
+    if spec.shape.rank == 4:
+        return image.astype(spec.dtype.as_numpy_dtype)
+    if spec.shape.rank == 2 and spec.shape[1] is not None:
+        return np.zeros((1, spec.shape[1]), spec.dtype.as_numpy_dtype)
+    raise ValueError(f"no warm-up value for input {spec.name!r} of shape {spec.shape}")
+
+
+def warmup_requests(
+    model_name: str, signatures: dict, image_size: int, channels: int, max_pixels: int
+) -> list:
+    """TF Serving's warm-up records for a SavedModel: one ``PredictionLog`` per signature.
+
+    Each holds a ``PredictRequest`` for ``model_name`` and the signature, with one image per
+    image input (a random image of the network's input size, at most ``max_pixels``; a PNG
+    file for string inputs) and one row of zeros per embedding input, so it is within any
+    :class:`ExportLimits`.
+
+    Args:
+        signatures: signature name to its function (``tf.function`` or concrete function).
+        image_size, channels: the network's input.
+        max_pixels: the export's limit on one image.
+    """
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    image = _probe_images(image_size, channels, max_pixels)[1]
+    logs = []
+    for name, function in signatures.items():
+        if not isinstance(function, tf.types.experimental.ConcreteFunction):
+            function = function.get_concrete_function()
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = name
+        positional, named = function.structured_input_signature
+        specs = named or {spec.name: spec for spec in positional}
+        for key, spec in specs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(_warmup_tensor(spec, image)))
+        logs.append(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        ))
+    return logs
+
+
+def write_warmup_file(folder: str | Path, logs: list) -> Path:
+    """Writes ``logs`` (``PredictionLog`` records) as ``folder/assets.extra/`` +
+    :data:`WARMUP_FILE`, the TFRecord file TF Serving replays when it loads the version."""
+    if len(logs) > MAX_WARMUP_RECORDS:
+        raise ValueError(f"{len(logs)} warm-up records; TF Serving takes at most {MAX_WARMUP_RECORDS}")
+    path = Path(folder) / "assets.extra" / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_warmup_file(folder: str | Path) -> list:
+    """The ``PredictionLog`` records of a version's warm-up file (none if it has none).
+
+    Raises:
+        ValueError: the file is not a TFRecord of ``PredictionLog`` records, or holds more
+            than TF Serving's :data:`MAX_WARMUP_RECORDS`.
+    """
+    from google.protobuf.message import DecodeError
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = Path(folder) / "assets.extra" / WARMUP_FILE
+    if not path.is_file():
+        return []
+    logs = []
+    try:
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            logs.append(prediction_log_pb2.PredictionLog.FromString(record))
+            if len(logs) > MAX_WARMUP_RECORDS:
+                raise ValueError(f"{path}: more than {MAX_WARMUP_RECORDS} warm-up records "
+                                 "(TF Serving's limit)")
+    except (tf.errors.OpError, DecodeError) as error:
+        raise ValueError(f"{path}: not a TFRecord file of PredictionLog records: "
+                         f"{type(error).__name__}: {error}") from None
+    return logs
 
 
 def export_saved_model(
@@ -608,12 +710,16 @@ def export_saved_model(
         module, signatures = _build_module(model, views, symmetries, limits=limits, info=info)
         _probe(signatures, info["image_size"], info["channels"], limits)
         tf.saved_model.save(module, str(staging), signatures=signatures)
-        # assets.extra is for the SavedModel's users; TF Serving does not read it.
+        # assets.extra is for the SavedModel's users; of its files TF Serving reads only
+        # the warm-up requests, which it replays before it serves the version.
         (staging / "assets.extra").mkdir(exist_ok=True)
         (staging / "assets.extra" / "limits.json").write_text(
             json.dumps(dataclasses.asdict(limits), indent=2) + "\n"
         )
         (staging / "assets.extra" / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_warmup_file(staging, warmup_requests(
+            name, signatures, info["image_size"], info["channels"], limits.max_pixels
+        ))
 
     return write_version(Path(export_dir) / name, version, write)
 

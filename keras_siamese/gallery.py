@@ -789,7 +789,8 @@ def export_gallery(
       ``model_id``.
 
     ``assets.extra/`` holds the base's ``model.json`` and ``limits.json`` and the gallery's
-    ``gallery.json`` (labels and files of every enrolled image).
+    ``gallery.json`` (labels and files of every enrolled image), and TF Serving's warm-up
+    requests (``export.warmup_requests``), one per signature.
 
     Raises:
         GalleryMismatchError: the gallery was embedded by another network.
@@ -809,6 +810,10 @@ def export_gallery(
         description = _description(gallery)
         del description["embeddings_sha256"]
         (extra / GALLERY_FILE).write_text(json.dumps(description, indent=1) + "\n")
+        image_size = int(model.signature("model_info")()["image_size"].numpy())
+        export.write_warmup_file(staging, export.warmup_requests(
+            model_name, signatures, image_size, model.channels, model.max_pixels
+        ))
 
     return export.write_version(Path(export_dir) / model_name, version, write)
 

@@ -2,9 +2,12 @@
 
     python -m keras_siamese.serve --model_name siamese --model_base_path saved_models/siamese
 
+    python -m keras_siamese.serve --model_config_file saved_models/models.config
+
 Serves a folder of SavedModel versions over TF Serving's REST API (and gRPC, with
-``tensorflow-serving-api``) until interrupted; the server itself is
-:mod:`keras_siamese.serving.server`, and docs/serving.md says where it differs from TF Serving.
+``tensorflow-serving-api``) until interrupted, with Prometheus metrics at
+``/monitoring/prometheus/metrics``; the server itself is :mod:`keras_siamese.serving.server`,
+and docs/serving.md says where it differs from TF Serving.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path
 
 from keras_siamese.serving.server import (
     DEFAULT_LOAD_RETRY_SECONDS, DEFAULT_MAX_LOAD_RETRIES, DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_REQUEST_TIMEOUT_SECONDS, ModelServer, create_app, create_grpc_server, log,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS, ModelConfig, ModelServer, create_app, create_grpc_server, log,
+    read_model_config,
 )
 
 
@@ -32,6 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_name", default="siamese", help="model name in the URLs")
     parser.add_argument(
         "--model_base_path", default="saved_models/siamese", help="folder of numbered versions"
+    )
+    parser.add_argument(
+        "--model_config_file", "--model-config-file", default=None, metavar="FILE",
+        help="a ModelServerConfig in text format (TF Serving's models.config) naming one model: "
+        "its name, base_path, version policy (latest, specific or all) and version_labels; "
+        "it replaces --model_name and --model_base_path. A base_path that does not exist "
+        "here (a container's /models/siamese) is read as the folder of the same name beside "
+        "the config file (saved_models/siamese beside saved_models/models.config)",
+    )
+    parser.add_argument(
+        "--model_config_file_poll_wait_seconds", "--model-config-file-poll-wait-seconds",
+        type=float, default=0.0, metavar="SECONDS",
+        help="how often to reread --model_config_file for new version policies and labels "
+        "(0: read once)",
     )
     parser.add_argument("--rest_api_port", type=int, default=8501, help="port (0: any free port)")
     parser.add_argument(
@@ -76,22 +94,35 @@ def main(argv: list[str] | None = None) -> None:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    base_path = Path(args.model_base_path)
+    if args.model_config_file:
+        try:
+            config = read_model_config(args.model_config_file)
+        except ValueError as error:
+            raise SystemExit(f"error: --model_config_file: {error}") from None
+    else:
+        config = ModelConfig(args.model_name, Path(args.model_base_path))
+    base_path = config.base_path
     if not base_path.is_dir():
+        flag = "the model config's base_path" if args.model_config_file else "--model_base_path"
         raise SystemExit(
-            f"error: --model_base_path {base_path} is not a folder; export a model first "
+            f"error: {flag} {base_path} is not a folder; export a model first "
             "(python -m keras_siamese.export RUN_DIR)"
         )
     timeout = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
     server = ModelServer(
-        args.model_name, base_path, args.file_system_poll_wait_seconds,
+        config.name, base_path, args.file_system_poll_wait_seconds,
         max_load_retries=args.max_num_load_retries,
         load_retry_seconds=args.load_retry_interval_micros / 1e6,
         request_timeout=timeout,
         workers=args.threads,
+        policy=config.policy,
+        versions=config.versions,
+        labels=config.labels,
     )
     server.refresh()
     server.start_polling()
+    if args.model_config_file:
+        server.watch_config(args.model_config_file, args.model_config_file_poll_wait_seconds)
     # waitress reads whole requests before a thread sees them, so a stalled client holds a
     # connection, not a thread; channel_timeout closes such connections.
     channel_timeout = max(1, math.ceil(timeout)) if timeout else 120
@@ -124,11 +155,14 @@ def main(argv: list[str] | None = None) -> None:
             ) from None
     if server.serving is None:
         # Still serving: the poller loads a version as soon as one can be loaded.
-        print(f"Warning: no version of {args.model_name} is available yet "
+        print(f"Warning: no version of {config.name} is available yet "
               f"({server.unavailable_reason()}); predictions answer 503 until one loads",
               flush=True)
     # One line a caller can wait for (and read the port from, with --rest_api_port 0).
-    print(f"Serving {args.model_name} from {base_path} at http://{args.host}:{http.effective_port}",
+    if config.labels:
+        print(f"Version labels: {', '.join(f'{k}={v}' for k, v in sorted(config.labels.items()))}",
+              flush=True)
+    print(f"Serving {config.name} from {base_path} at http://{args.host}:{http.effective_port}",
           flush=True)
     try:
         http.run()

@@ -181,6 +181,39 @@ def limited(model, tmp_path_factory) -> pathlib.Path:
     )
 
 
+def _warmup_records(version: pathlib.Path) -> list:
+    """A version's warm-up file read as TF Serving reads it: TFRecords of PredictionLog."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = version / "assets.extra" / "tf_serving_warmup_requests"
+    records = tf.data.TFRecordDataset(str(path)).as_numpy_iterator()
+    return [prediction_log_pb2.PredictionLog.FromString(record) for record in records]
+
+
+def test_warmup_file_holds_one_request_per_signature_that_the_saved_model_answers(exported):
+    records = _warmup_records(exported)
+    assert [record.WhichOneof("log_type") for record in records] == ["predict_log"] * len(records)
+    predicts = [record.predict_log.request for record in records]
+    assert sorted(p.model_spec.signature_name for p in predicts) == sorted(export.SIGNATURES)
+    assert {p.model_spec.name for p in predicts} == {"siamese"}
+    # Replayed through plain TensorFlow, as TF Serving replays them before serving the version:
+    # each request fits its signature and its limits, and is answered with finite values.
+    signatures = tf.saved_model.load(str(exported)).signatures
+    for predict in predicts:
+        name = predict.model_spec.signature_name
+        specs = signatures[name].structured_input_signature[1]
+        assert set(predict.inputs) == set(specs), name
+        inputs = {key: tf.make_ndarray(proto) for key, proto in predict.inputs.items()}
+        for key, value in inputs.items():
+            assert value.dtype == specs[key].dtype.as_numpy_dtype, (name, key)
+            if specs[key].dtype == tf.string:  # a real PNG file of the network's input size
+                assert tuple(tf.io.decode_png(value[0]).shape) == (28, 28, 1), (name, key)
+        outputs = signatures[name](**{key: tf.constant(value) for key, value in inputs.items()})
+        for key, value in outputs.items():
+            if value.dtype.is_floating:
+                assert np.isfinite(value.numpy()).all(), (name, key)
+
+
 def test_default_limits_and_their_signature(exported):
     assert export.ExportLimits() == export.ExportLimits(2048 * 2048, 256, 16_384, 1_000_000)
     served = tf.saved_model.load(str(exported)).signatures["limits"]()

@@ -103,6 +103,8 @@ class ServingClient(_SignatureCalls):
         model: the model name (``--model_name`` of the server).
         version: a fixed version to query; None for the one being served.
         timeout: seconds to wait for each answer.
+        version_label: a version label of the server's model config (``stable``,
+            ``canary``) to query instead of a version number.
     """
 
     def __init__(
@@ -111,10 +113,14 @@ class ServingClient(_SignatureCalls):
         model: str = "siamese",
         version: int | None = None,
         timeout: float = 60.0,
+        version_label: str | None = None,
     ):
+        if version is not None and version_label is not None:
+            raise ValueError("give a version or a version_label, not both")
         self.url = url.rstrip("/")
         self.model = model
         self.version = version
+        self.version_label = version_label
         self.timeout = timeout
         self._session = requests.Session()
         self._outputs: dict[str, list[str]] = {}  # output names by signature
@@ -122,6 +128,8 @@ class ServingClient(_SignatureCalls):
     @property
     def model_url(self) -> str:
         base = f"{self.url}/v1/models/{self.model}"
+        if self.version_label is not None:
+            return f"{base}/labels/{self.version_label}"
         return base if self.version is None else f"{base}/versions/{self.version}"
 
     def _call(self, method: str, url: str, body: dict | None = None) -> dict:
@@ -201,7 +209,8 @@ class GrpcServingClient(_SignatureCalls):
 
     Args:
         target: the server's gRPC address, e.g. ``localhost:8500``.
-        model, version, timeout: as for :class:`ServingClient`.
+        model, version, timeout, version_label: as for :class:`ServingClient`
+            (``model_spec.version`` or ``model_spec.version_label``).
         max_message_bytes: the largest request or answer.
     """
 
@@ -212,13 +221,17 @@ class GrpcServingClient(_SignatureCalls):
         version: int | None = None,
         timeout: float = 60.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        version_label: str | None = None,
     ):
+        if version is not None and version_label is not None:
+            raise ValueError("give a version or a version_label, not both")
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self._grpc = grpc
         self.model = model
         self.version = version
+        self.version_label = version_label
         self.timeout = timeout
         self._channel = grpc.insecure_channel(target, options=[
             ("grpc.max_send_message_length", max_message_bytes),
@@ -231,6 +244,8 @@ class GrpcServingClient(_SignatureCalls):
         spec.name = self.model
         if self.version is not None:
             spec.version.value = self.version
+        elif self.version_label is not None:
+            spec.version_label = self.version_label
 
     def _call(self, method, request):
         try:

@@ -8,18 +8,25 @@ folder over the subset of TF Serving's REST API that
 :mod:`keras_siamese.serving.client` uses, with the same URLs, request and response
 bodies and ``{"error": "..."}`` errors:
 
-- ``GET  /v1/models/<name>[/versions/<v>]``: model status;
-- ``GET  /v1/models/<name>[/versions/<v>]/metadata``: signature definitions;
-- ``POST /v1/models/<name>[/versions/<v>]:predict``: any signature, row
+- ``GET  /v1/models/<name>[/versions/<v> | /labels/<label>]``: model status;
+- ``GET  /v1/models/<name>[/versions/<v> | /labels/<label>]/metadata``: signature definitions;
+- ``POST /v1/models/<name>[/versions/<v> | /labels/<label>]:predict``: any signature, row
   (``instances``) or columnar (``inputs``) requests, ``{"b64": ...}`` strings;
+- ``GET  /monitoring/prometheus/metrics``: request counts and latencies
+  (:mod:`keras_siamese.serving.metrics`);
 - over gRPC (``--port``, with ``tensorflow-serving-api`` installed),
-  ``PredictionService.Predict`` and ``ModelService.GetModelStatus``.
+  ``PredictionService.Predict`` and ``ModelService.GetModelStatus``, with
+  ``model_spec.version`` or ``model_spec.version_label``.
 
 As TF Serving does by default, it serves the highest version under the base
 path and polls the folder for new versions (``--file_system_poll_wait_seconds``),
-loading a new one before unloading the old. A version that fails to load is
-reported in the model status (state ``END`` and the error) and retried with
-back-off; the previous one stays in service. Nothing the poller meets (odd
+loading a new one before unloading the old. A ``--model_config_file``
+(:func:`read_model_config`) can instead serve ``specific`` versions and name them
+by version labels. Each version's warm-up requests
+(``assets.extra/tf_serving_warmup_requests``) are replayed when it loads, before it
+is served; a failing one fails the load, as under TF Serving. A version that fails
+to load is reported in the model status (state ``END`` and the error) and retried
+with back-off; the previous one stays in service. Nothing the poller meets (odd
 folder names, unreadable folders, broken exports) stops it.
 
 Every request is bounded: bodies over ``--max_request_bytes`` are refused, gRPC
@@ -31,7 +38,7 @@ answered with 504 / ``DEADLINE_EXCEEDED``. Errors carry TF Serving's statuses:
 TensorFlow errors are mapped by their canonical code (:data:`HTTP_STATUS`).
 
 Differences from TF Serving (docs/serving.md): gRPC offers only Predict and
-GetModelStatus, one model per server (no ``--model_config_file``), no
+GetModelStatus, one model per server (a ``--model_config_file`` lists one), no
 ``:classify``/``:regress`` (answered 501), no request batching, and error
 messages of its own wording.
 """
@@ -55,13 +62,14 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 from flask import Flask, Response, request
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from werkzeug.exceptions import HTTPException
 
-from keras_siamese.export import VERSION_NAME, versions
+from keras_siamese.export import VERSION_NAME, read_warmup_file, versions
 from keras_siamese.serving.errors import ServingError
+from keras_siamese.serving.metrics import CONTENT_TYPE, METRICS_PATH, ServingMetrics
 
 log = logging.getLogger("keras_siamese.serve")
 
@@ -72,13 +80,16 @@ DEFAULT_REQUEST_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_LOAD_RETRIES = 5
 DEFAULT_LOAD_RETRY_SECONDS = 60.0
 
-# /v1/models/<name>[/versions/<version>][/metadata | :<method>]; a version that is not a
-# plain ASCII number is caught by _parse_version with a clear message.
+# /v1/models/<name>[/versions/<version> | /labels/<label>][/metadata | :<method>]; a version
+# that is not a plain ASCII number is caught by _parse_version with a clear message.
 _URL = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>[^/:]+))?"
+    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:/(?P<metadata>metadata)|:(?P<method>[A-Za-z]+))?$"
 )
+
+# A warm-up record's tensors are bounded by the file that holds them, not by a request limit.
+_WARMUP_MAX_BYTES = 1 << 40
 
 #: The HTTP status TF Serving's REST API answers for each canonical (gRPC) error code.
 HTTP_STATUS = {
@@ -172,6 +183,86 @@ class _Failure:
     fingerprint: tuple | None  # the folder's files when it last failed
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One model of a TF Serving ``ModelServerConfig``: what to serve and under which labels.
+
+    Attributes:
+        name: the model name in URLs.
+        base_path: the folder of numbered versions.
+        policy: ``"latest"`` (the highest version that loads), ``"specific"`` (the versions
+            listed) or ``"all"`` (every version).
+        versions: the versions of a ``specific`` policy.
+        labels: version label to version number (``version_labels``).
+    """
+
+    name: str
+    base_path: Path
+    policy: str = "latest"
+    versions: frozenset[int] = frozenset()
+    labels: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def _resolve_base_path(base_path: str, config_file: Path) -> Path:
+    """``base_path`` as given, or, when it does not exist here, the folder of the same name
+    beside ``config_file`` (a container's ``/models/siamese`` is ``saved_models/siamese``
+    beside ``saved_models/models.config``)."""
+    path = Path(base_path)
+    if path.exists():
+        return path
+    return config_file.parent / path.name
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """Reads TF Serving's ``--model_config_file``: a ``ModelServerConfig`` in text format.
+
+    It must list one model, on the ``tensorflow`` platform, with a ``latest`` policy of one
+    version (the default), a ``specific`` one or ``all``. Version labels of a ``specific``
+    policy must name versions it lists.
+
+    Raises:
+        ValueError: the file cannot be read or parsed, or asks for what this server lacks.
+    """
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+        config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as error:
+        raise ValueError(f"cannot read the model config {path}: {error}") from None
+    if config.WhichOneof("config") != "model_config_list":
+        raise ValueError(f"{path}: this server reads a model_config_list only")
+    models = config.model_config_list.config
+    if len(models) != 1:
+        raise ValueError(f"{path}: lists {len(models)} models; this server serves one")
+    model = models[0]
+    if not model.name or not model.base_path:
+        raise ValueError(f"{path}: the model needs a name and a base_path")
+    if model.model_platform not in ("", "tensorflow"):
+        raise ValueError(f"{path}: model_platform {model.model_platform!r}; this server serves "
+                         "tensorflow SavedModels")
+    policy = model.model_version_policy.WhichOneof("policy_choice") or "latest"
+    numbers: frozenset[int] = frozenset()
+    if policy == "latest" and model.model_version_policy.latest.num_versions > 1:
+        raise ValueError(f"{path}: latest {{ num_versions: "
+                         f"{model.model_version_policy.latest.num_versions} }}; this server "
+                         "serves the latest version only (use specific to serve several)")
+    if policy == "specific":
+        numbers = frozenset(model.model_version_policy.specific.versions)
+        if not numbers:
+            raise ValueError(f"{path}: a specific version policy lists no versions")
+    labels = dict(model.version_labels)
+    if policy == "specific":
+        unlisted = {label: v for label, v in labels.items() if v not in numbers}
+        if unlisted:
+            raise ValueError(f"{path}: version labels {unlisted} name versions the specific "
+                             f"policy does not serve ({sorted(numbers)})")
+    return ModelConfig(
+        model.name, _resolve_base_path(model.base_path, path), policy, numbers, labels
+    )
+
+
 def _message_to_dict(message) -> dict:
     # TF Serving writes proto field names and fields left at their defaults.
     try:
@@ -185,7 +276,8 @@ def _message_to_dict(message) -> dict:
 
 
 class ModelServer:
-    """Serves the highest version under ``base_path`` that loads, and watches for new ones.
+    """Serves the highest version under ``base_path`` that loads (or the versions a policy
+    names), and watches for new ones.
 
     Args:
         name: the model name in URLs.
@@ -198,6 +290,8 @@ class ModelServer:
             (None: no limit).
         workers: predictions computed at once; one that outlives its deadline keeps its
             worker until it finishes, so abandoned work never exceeds this.
+        policy, versions, labels: the version policy and labels of a model config
+            (:class:`ModelConfig`); by default the latest version, no labels.
     """
 
     def __init__(
@@ -209,6 +303,9 @@ class ModelServer:
         load_retry_seconds: float = DEFAULT_LOAD_RETRY_SECONDS,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT_SECONDS,
         workers: int = 4,
+        policy: str = "latest",
+        versions: frozenset[int] = frozenset(),
+        labels: dict[str, int] | None = None,
     ):
         self.name = name
         self.base_path = Path(base_path)
@@ -216,14 +313,19 @@ class ModelServer:
         self.max_load_retries = max_load_retries
         self.load_retry_seconds = load_retry_seconds
         self.request_timeout = request_timeout
+        self.metrics = ServingMetrics()
         self._lock = threading.Lock()  # guards the state below
         self._refreshing = threading.Lock()  # one refresh at a time
-        self._current: tuple[int, _Version] | None = None
+        self._policy, self._versions = policy, frozenset(versions)
+        self._labels: dict[str, int] = dict(labels or {})
+        self._loaded: dict[int, _Version] = {}  # the versions in service
+        self._signature_names: frozenset[str] = frozenset()  # theirs, for metric labels
         self._failed: dict[int, _Failure] = {}
         self._loading: int | None = None
         self._list_error: str | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._config_watcher: threading.Thread | None = None
         self._workers = futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="predict")
 
     # --- Versions ---------------------------------------------------------------------------
@@ -256,15 +358,42 @@ class ModelServer:
             return
         with self._lock:
             self._list_error = None
-            for number in [n for n in self._failed if n not in available]:
-                del self._failed[number]  # its folder is gone
-            floor = self._current[0] if self._current else -1
+            policy, listed = self._policy, self._versions
+            for number in list(self._failed):
+                if number not in available or (policy == "specific" and number not in listed):
+                    del self._failed[number]  # its folder is gone, or no longer asked for
         now = time.monotonic()
+        if policy == "latest":
+            with self._lock:
+                if len(self._loaded) > 1:  # a policy serving several versions gave way
+                    self._keep({max(self._loaded)})
+                floor = max(self._loaded, default=-1)
+            for number in reversed(available):
+                if number <= floor:
+                    return
+                if self._due(number, now) and self._load(number):
+                    return
+            return
+        # specific and all: every listed version that exists is loaded, the highest first.
         for number in reversed(available):
-            if number <= floor:
-                return
-            if self._due(number, now) and self._load(number):
-                return
+            if policy == "specific" and number not in listed:
+                continue
+            with self._lock:
+                loaded = number in self._loaded
+            if not loaded and self._due(number, now):
+                self._load(number)
+        if policy == "specific":
+            with self._lock:
+                self._keep(listed)
+
+    def _keep(self, numbers: set[int] | frozenset[int]) -> None:
+        """Unloads the versions in service that are not in ``numbers``; holds ``_lock``."""
+        for number in [n for n in self._loaded if n not in numbers]:
+            del self._loaded[number]
+            log.info("unloaded %s version %d (not in the version policy)", self.name, number)
+        self._signature_names = frozenset(
+            name for version in self._loaded.values() for name in version.signatures
+        )
 
     def _due(self, number: int, now: float) -> bool:
         """Whether to try loading ``number`` now."""
@@ -288,6 +417,8 @@ class ModelServer:
             self._loading = number
         try:
             loaded = _Version(path)
+            started = time.monotonic()
+            replayed = _replay_warmup(loaded)
         except Exception as error:  # any load failure must leave the server serving
             code = _CODE_NAMES.get(getattr(error, "error_code", None), "UNKNOWN")
             with self._lock:
@@ -305,10 +436,15 @@ class ModelServer:
             log.error("version %d of %s failed to load (attempt %d): %s", number, self.name,
                       attempts, error)
             return False
+        log.info("replayed %d warm-up records of %s version %d in %.2f s", replayed, self.name,
+                 number, time.monotonic() - started)
         with self._lock:
             self._loading = None
-            self._current = (number, loaded)
+            if self._policy == "latest":
+                self._loaded = {}
+            self._loaded[number] = loaded
             self._failed.pop(number, None)
+            self._keep(set(self._loaded))
         log.info("serving %s version %d", self.name, number)
         return True
 
@@ -331,9 +467,56 @@ class ModelServer:
 
     @property
     def serving(self) -> int | None:
-        """The version in service, or None."""
+        """The highest version in service, or None."""
         with self._lock:
-            return self._current[0] if self._current else None
+            return max(self._loaded, default=None)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Version label to version number."""
+        with self._lock:
+            return dict(self._labels)
+
+    def apply_config(self, config: ModelConfig) -> None:
+        """Takes a model config's version policy and labels (its name and base path must be
+        this server's); the next refresh loads and unloads versions to match."""
+        if config.name != self.name or Path(config.base_path) != self.base_path:
+            raise ValueError(
+                f"the model config serves {config.name} from {config.base_path}; this server "
+                f"serves {self.name} from {self.base_path} (a change needs a restart)"
+            )
+        with self._lock:
+            changed = (config.policy, config.versions, config.labels) != (
+                self._policy, self._versions, self._labels)
+            self._policy, self._versions = config.policy, frozenset(config.versions)
+            self._labels = dict(config.labels)
+        if changed:
+            log.info("model config: %s policy%s, labels %s", config.policy,
+                     f" {sorted(config.versions)}" if config.policy == "specific" else "",
+                     config.labels or "none")
+
+    def watch_config(self, path: str | Path, poll_seconds: float) -> None:
+        """Rereads the model config at ``path`` every ``poll_seconds`` in a background thread
+        (TF Serving's ``--model_config_file_poll_wait_seconds``) and applies it, then
+        refreshes. A config that cannot be read or changes the model is logged and ignored."""
+        if poll_seconds <= 0 or self._config_watcher is not None:
+            return
+
+        def watch():
+            last_error = None
+            while not self._stop.wait(poll_seconds):
+                try:
+                    self.apply_config(read_model_config(path))
+                    last_error = None
+                except ValueError as error:
+                    if str(error) != last_error:  # once per new error, not once per poll
+                        log.error("%s; keeping the model config in force", error)
+                    last_error = str(error)
+                    continue
+                self.refresh()
+
+        self._config_watcher = threading.Thread(target=watch, name="config-watcher", daemon=True)
+        self._config_watcher.start()
 
     def unavailable_reason(self) -> str:
         """Why no version is in service (for logs and the 503 answer)."""
@@ -346,16 +529,34 @@ class ModelServer:
             reasons.insert(0, list_error)
         return "; ".join(reasons) or f"no version found under {self.base_path}"
 
-    def resolve(self, name: str, version: str | int | None) -> tuple[int, _Version]:
-        """The version that answers a request: 404 for an unknown model or version, 503 when
-        the version asked for (or, with none asked for, every version) failed or is loading."""
-        number = _parse_version(version)
-        if name != self.name:
-            what = f"Latest({name})" if number is None else f"Specific({name}, {number})"
-            raise ServingError(404, f"Servable not found for request: {what}")
+    def _labelled(self, version: str | int | None, label: str | None) -> int | None:
+        """The version number a request names by number or by label (None: neither); an
+        unknown label is TF Serving's INVALID_ARGUMENT."""
+        if label is None:
+            return _parse_version(version)
         with self._lock:
-            current, failure, loading = self._current, self._failed.get(number), self._loading
+            number = self._labels.get(label)
+        if number is None:
+            raise _error("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
+        return number
+
+    def resolve(
+        self, name: str, version: str | int | None, label: str | None = None
+    ) -> tuple[int, _Version]:
+        """The version that answers a request: 404 for an unknown model or version, 503 when
+        the version asked for (or, with none asked for, every version) failed or is loading;
+        400 for an unknown version ``label``."""
+        if name != self.name:
+            number = _parse_version(version)
+            what = f"Latest({name})" if number is None and label is None else (
+                f"Specific({name}, {label if label is not None else number})")
+            raise ServingError(404, f"Servable not found for request: {what}")
+        number = self._labelled(version, label)
+        with self._lock:
+            loaded = dict(self._loaded)
+            failure, loading = self._failed.get(number), self._loading
             pending = bool(self._failed) or loading is not None or self._list_error
+        current = (max(loaded), loaded[max(loaded)]) if loaded else None
         if number is None:
             if current is not None:
                 return current
@@ -363,8 +564,8 @@ class ModelServer:
                 raise _error("UNAVAILABLE", f"Model {name} has no version available: "
                              f"{self.unavailable_reason()}")
             raise ServingError(404, f"Servable not found for request: Latest({name})")
-        if current is not None and current[0] == number:
-            return current
+        if number in loaded:
+            return number, loaded[number]
         if failure is not None:
             raise _error("UNAVAILABLE", f"Version {number} of model {name} is not available: "
                          f"it failed to load: {failure.error}")
@@ -372,13 +573,13 @@ class ModelServer:
             raise _error("UNAVAILABLE", f"Version {number} of model {name} is loading")
         raise ServingError(404, f"Servable not found for request: Specific({name}, {number})")
 
-    def status(self, name: str, version: str | int | None) -> dict:
-        """TF Serving's GetModelStatus response: AVAILABLE only for the version in service."""
-        number = _parse_version(version)
+    def status(self, name: str, version: str | int | None, label: str | None = None) -> dict:
+        """TF Serving's GetModelStatus response: AVAILABLE only for the versions in service."""
         if name != self.name:
             raise ServingError(404, f"Could not find any versions of model {name}")
+        number = self._labelled(version, label)
         with self._lock:
-            current, failed, loading = self._current, dict(self._failed), self._loading
+            loaded, failed, loading = set(self._loaded), dict(self._failed), self._loading
             list_error = self._list_error
         now = time.monotonic()
         states = {}
@@ -392,8 +593,8 @@ class ModelServer:
             states[failed_number] = ("END", failure.code, failure.error + note)
         if loading is not None:
             states[loading] = ("LOADING", "OK", "")
-        if current is not None:
-            states[current[0]] = ("AVAILABLE", "OK", "")
+        for loaded_number in loaded:
+            states[loaded_number] = ("AVAILABLE", "OK", "")
         if number is not None:
             if number not in states:
                 raise ServingError(404, f"Could not find version {number} of model {name}")
@@ -413,9 +614,9 @@ class ModelServer:
             ]
         }
 
-    def metadata(self, name: str, version: str | int | None) -> dict:
+    def metadata(self, name: str, version: str | int | None, label: str | None = None) -> dict:
         """TF Serving's GetModelMetadata response (the signature definitions)."""
-        number, loaded = self.resolve(name, version)
+        number, loaded = self.resolve(name, version, label)
         return {
             "model_spec": {"name": name, "signature_name": "", "version": str(number)},
             "metadata": {"signature_def": {"signature_def": loaded.signature_defs}},
@@ -456,20 +657,23 @@ class ModelServer:
                          "the server's --rest_api_timeout_in_ms or the client's deadline") from None
 
     def run(
-        self, name: str, version: str | int | None, signature_name: str, inputs: dict[str, Any]
+        self, name: str, version: str | int | None, signature_name: str, inputs: dict[str, Any],
+        label: str | None = None,
     ) -> tuple[int, dict[str, np.ndarray]]:
         """Runs a signature on named input values (JSON lists or numpy arrays).
 
         Returns the version that answered and the outputs; bad input is a ``ServingError``.
         """
-        number, loaded = self.resolve(name, version)
+        number, loaded = self.resolve(name, version, label)
         return number, _run(loaded, _signature_name(signature_name), inputs)
 
-    def predict(self, name: str, version: str | int | None, body: Any) -> dict:
+    def predict(
+        self, name: str, version: str | int | None, body: Any, label: str | None = None
+    ) -> dict:
         """TF Serving's REST predict: row or columnar request, same-format response."""
         # Resolved once: the version that parses the request also answers it, even if a
         # newer one is loaded meanwhile. An unknown model or version is a 404 first.
-        _, loaded = self.resolve(name, version)
+        _, loaded = self.resolve(name, version, label)
         if not isinstance(body, dict):
             raise ServingError(400, "the request body must be a JSON object")
         if ("instances" in body) == ("inputs" in body):
@@ -488,6 +692,78 @@ class ModelServer:
         if len(outputs) == 1:
             return {"outputs": _jsonable(*next(iter(outputs.items())))}
         return {"outputs": {key: _jsonable(key, value) for key, value in outputs.items()}}
+
+    def observe(
+        self, name: str, entrypoint: str, signature_name: Any, started: float,
+        error: Exception | None = None,
+    ) -> None:
+        """Counts a Predict request in :attr:`metrics` (``entrypoint``: ``REST`` or ``GRPC``)
+        by its status, and its latency since ``started`` (``time.monotonic()``) if answered.
+
+        Only this server's model name and its versions' signature names become label
+        values (others are ``""``), so clients cannot grow the metrics without bound.
+        """
+        if error is None:
+            status = "OK"
+        elif isinstance(error, ServingError):
+            status = grpc_code(error)
+        else:
+            status = "INTERNAL"
+        with self._lock:
+            known = self._signature_names
+        signature = signature_name if isinstance(signature_name, str) else ""
+        self.metrics.observe(
+            name if name == self.name else "", "Predict", entrypoint,
+            (signature or "serving_default") if (signature or "serving_default") in known else "",
+            status, time.monotonic() - started,
+        )
+
+
+def _check_protos(loaded: _Version, signature_name: str, inputs, max_request_bytes: int) -> None:
+    """Refuses gRPC ``TensorProto`` inputs that do not fit the signature, before anything is
+    allocated for them (:func:`check_tensor_proto`)."""
+    specs = _signature(loaded, signature_name).structured_input_signature[1]
+    if set(inputs) != set(specs):
+        raise ServingError(
+            400, f"inputs {sorted(inputs)} given; the signature takes {sorted(specs)}"
+        )
+    for key, proto in inputs.items():
+        check_tensor_proto(proto, specs[key], key, max_request_bytes // specs[key].dtype.size
+                           if specs[key].dtype != tf.string else max_request_bytes)
+
+
+def _run_protos(loaded: _Version, signature_name: str, inputs) -> dict[str, np.ndarray]:
+    """Runs a signature on ``TensorProto`` inputs that :func:`_check_protos` accepted."""
+    try:
+        arrays = {key: tf.make_ndarray(proto) for key, proto in inputs.items()}
+    except (TypeError, ValueError) as error:
+        raise ServingError(400, f"malformed input tensor: {error}") from None
+    return _run(loaded, signature_name, arrays)
+
+
+def _replay_warmup(loaded: _Version) -> int:
+    """Replays a version's warm-up records (``assets.extra/tf_serving_warmup_requests``), as
+    TF Serving does before it serves the version; returns how many.
+
+    Raises:
+        ValueError: the file is unreadable, a record is not a Predict request, or a request
+            fails: the version does not load.
+    """
+    logs = read_warmup_file(loaded.path)
+    for index, record in enumerate(logs):
+        kind = record.WhichOneof("log_type")
+        if kind != "predict_log":
+            raise ValueError(f"warm-up record {index} is a {kind}; this server replays "
+                             "predict_log records only")
+        request = record.predict_log.request
+        signature_name = request.model_spec.signature_name or "serving_default"
+        try:
+            _check_protos(loaded, signature_name, request.inputs, _WARMUP_MAX_BYTES)
+            _run_protos(loaded, signature_name, request.inputs)
+        except ServingError as error:
+            raise ValueError(f"warm-up record {index} ({signature_name}) failed: "
+                             f"{error.message}") from None
+    return len(logs)
 
 
 def _run(loaded: _Version, signature_name: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -736,35 +1012,37 @@ def create_grpc_server(
             failure = ServingError(500, f"internal error: {type(error).__name__}: {error}")
         context.abort(getattr(grpc.StatusCode, grpc_code(failure)), failure.message)
 
-    def requested_version(spec) -> int | None:
-        return spec.version.value if spec.HasField("version") else None
+    def requested(spec) -> tuple[int | None, str | None]:
+        """The version and the version label a ``ModelSpec`` asks for (at most one is set)."""
+        choice = spec.WhichOneof("version_choice")
+        return (spec.version.value if choice == "version" else None,
+                spec.version_label if choice == "version_label" else None)
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
-            return answer(context, lambda: self._predict(request, context))
+            started = time.monotonic()
+            name, signature = request.model_spec.name, request.model_spec.signature_name
+
+            def predict():
+                try:
+                    response = self._predict(request, context)
+                except Exception as error:
+                    server.observe(name, "GRPC", signature, started, error)
+                    raise
+                server.observe(name, "GRPC", signature, started)
+                return response
+
+            return answer(context, predict)
 
         def _predict(self, request, context):
             deadline = server.deadline(context.time_remaining())
             spec = request.model_spec
             signature_name = spec.signature_name or "serving_default"
-            number, loaded = server.resolve(spec.name, requested_version(spec))
-            specs = _signature(loaded, signature_name).structured_input_signature[1]
-            if set(request.inputs) != set(specs):
-                raise ServingError(
-                    400, f"inputs {sorted(request.inputs)} given; the signature takes {sorted(specs)}"
-                )
-            for key, proto in request.inputs.items():
-                check_tensor_proto(proto, specs[key], key, max_request_bytes // specs[key].dtype.size
-                                   if specs[key].dtype != tf.string else max_request_bytes)
-
-            def compute():
-                try:
-                    inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
-                except (TypeError, ValueError) as error:
-                    raise ServingError(400, f"malformed input tensor: {error}") from None
-                return _run(loaded, signature_name, inputs)
-
-            outputs = server.call(compute, deadline)
+            number, loaded = server.resolve(spec.name, *requested(spec))
+            _check_protos(loaded, signature_name, request.inputs, max_request_bytes)
+            outputs = server.call(
+                lambda: _run_protos(loaded, signature_name, request.inputs), deadline
+            )
             response = predict_pb2.PredictResponse()
             response.model_spec.name = spec.name
             response.model_spec.version.value = number
@@ -778,7 +1056,7 @@ def create_grpc_server(
             return answer(context, lambda: self._status(request))
 
         def _status(self, request):
-            status = server.status(request.model_spec.name, requested_version(request.model_spec))
+            status = server.status(request.model_spec.name, *requested(request.model_spec))
             response = get_model_status_pb2.GetModelStatusResponse()
             for entry in status["model_version_status"]:
                 item = response.model_version_status.add()
@@ -841,27 +1119,41 @@ def create_app(server: ModelServer, max_request_bytes: int = DEFAULT_MAX_REQUEST
         log.exception("internal error")
         return answer(500, {"error": f"internal error: {type(error).__name__}: {error}"})
 
+    @app.route(METRICS_PATH, methods=["GET"])
+    def metrics():
+        return Response(server.metrics.exposition(), status=200, content_type=CONTENT_TYPE)
+
     @app.route("/v1/models/<path:rest>", methods=["GET", "POST"])
     def models(rest: str):
         match = _URL.match(request.path)
         if match is None:
             raise ServingError(404, f"Malformed request: {request.method} {request.path}")
-        name, version = match["name"], _parse_version(match["version"])
-        method = match["method"]
+        name, label, method = match["name"], match["label"], match["method"]
         if method is None:
+            version = _parse_version(match["version"])
             if request.method != "GET":
                 raise ServingError(405, f"{request.path} takes GET")
             if match["metadata"]:
-                return answer(200, server.metadata(name, version))
-            return answer(200, server.status(name, version))
+                return answer(200, server.metadata(name, version, label))
+            return answer(200, server.status(name, version, label))
         if request.method != "POST":
             raise ServingError(405, f"{request.path} takes POST")
         if method in ("classify", "regress"):
             raise ServingError(501, f":{method} is not implemented by this server; use :predict")
         if method != "predict":
             raise ServingError(404, f"Malformed request: unknown method :{method}")
-        deadline = server.deadline()
-        body = parse_json(request.get_data(cache=False))
-        return answer(200, server.call(lambda: server.predict(name, version, body), deadline))
+        started, signature_name = time.monotonic(), ""
+        try:
+            version = _parse_version(match["version"])
+            deadline = server.deadline()
+            body = parse_json(request.get_data(cache=False))
+            if isinstance(body, dict):
+                signature_name = body.get("signature_name", "")
+            result = server.call(lambda: server.predict(name, version, body, label), deadline)
+        except Exception as error:
+            server.observe(name, "REST", signature_name, started, error)
+            raise
+        server.observe(name, "REST", signature_name, started)
+        return answer(200, result)
 
     return app

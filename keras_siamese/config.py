@@ -17,6 +17,8 @@ from typing import Any, Callable
 PAIR_SAMPLING = ("random", "all", "alphabet")
 # Grey-scale or colour input.
 CHANNELS = (1, 3)
+# The tf.distribute strategies that ``fit --strategy`` names (``distribute.make_strategy``).
+STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from keras_siamese.config import (
-    BOUNDS, CHANNELS, DEFAULT_PRESET, FOLDER_PRESET, PAIR_SAMPLING, PRESETS, TrainConfig,
-    add_tta_arguments,
+    BOUNDS, CHANNELS, DEFAULT_PRESET, FOLDER_PRESET, PAIR_SAMPLING, PRESETS, STRATEGIES,
+    TrainConfig, add_tta_arguments,
 )
 
 
@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("--runs-dir", default="runs", help="parent folder of new run folders")
     out.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        default=None,
+        help="the run folder, instead of a new one under --runs-dir: a killed run there with the "
+        "same configuration resumes (what a restarted worker of a cluster runs)",
+    )
+    out.add_argument(
         "--resume",
         metavar="RUN_DIR",
         default=None,
@@ -94,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--export-dir", default="saved_models", help="TF Serving base folder")
     out.add_argument("--model-name", default="siamese", help="model name under --export-dir")
     out.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    hardware = parser.add_argument_group("hardware")
+    hardware.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="the tf.distribute strategy: 'one' device; 'mirrored' over the local GPUs; "
+        "'multi-worker' over the workers that TF_CONFIG names (needs --run-dir, the same on "
+        "every worker; worker 0 writes the results); 'auto': multi-worker under a TF_CONFIG "
+        "cluster, else mirrored with more than one GPU, else one. The batch size is the "
+        "global batch, shared by the replicas",
+    )
     over = parser.add_argument_group("overrides (default: the preset's value)")
     for field in (
         "seed", "epochs", "steps_per_epoch", "batch_size", "patience", "image_size", "train_drawers",
@@ -150,6 +168,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _distribution(args: argparse.Namespace):
+    """The strategy of ``--strategy``, created before any other TensorFlow operation (as a
+    multi-worker strategy must be)."""
+    from keras_siamese.distribute import DistributionError, make_strategy
+
+    if args.strategy in ("auto", "multi-worker") and not (args.run_dir or args.resume):
+        from keras_siamese.distribute import tf_config
+
+        try:
+            cluster = args.strategy == "multi-worker" or tf_config() is not None
+        except DistributionError as error:
+            raise SystemExit(f"error: {error}") from None
+        if cluster:
+            raise SystemExit(
+                "error: training on several workers needs --run-dir (or --resume): the same "
+                "run folder on every worker, on storage that all of them see"
+            )
+    try:
+        return make_strategy(args.strategy)
+    except DistributionError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
 def _checked(field: str):
     """The argparse type of a numeric option: its ``config.BOUNDS``, checked as it is parsed."""
     bounds = BOUNDS["dense_units" if field == "filters" else field]
@@ -184,6 +225,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         )
     if "channels" in overrides and args.images is None:
         raise SystemExit("error: --channels is for --images; Omniglot is grey scale")
+    if args.resume and args.run_dir:
+        raise SystemExit("error: --resume continues a run folder with its own config.json; "
+                         "--run-dir names the folder of this command's configuration: choose one")
     if args.resume:
         run_dir = Path(args.resume)
         config_path = run_dir / "config.json"
@@ -206,6 +250,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         config = config.replace(**overrides)
     except ValueError as error:  # an override out of range
         raise SystemExit(f"error: {error}") from None
+    if args.run_dir:
+        return config, Path(args.run_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return config, Path(args.runs_dir) / f"{stamp}-{config.preset}-seed{config.seed}"
 
@@ -213,6 +259,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
 def main(argv: list[str] | None = None) -> dict:
     """Runs the whole pipeline; returns the metrics written to ``metrics.json``."""
     args = build_parser().parse_args(argv)
+    distribution = _distribution(args)
     config, run_dir = resolve_config(args)
     from keras_siamese.reporting import (
         RefusedModelError, check_trained, evaluate_and_export, fit_to_folder, folder_report,
@@ -223,9 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
     precision = config.machine_adaptation or (
         "mixed bfloat16" if config.model.mixed_precision else "float32"
     )
-    print(f"keras-siamese: preset {config.preset!r} in {precision}, run folder {run_dir}")
+    print(f"keras-siamese: preset {config.preset!r} in {precision}, run folder {run_dir}, "
+          f"{distribution.describe()}")
     if config.images is not None:
-        splits = load_folder(config, run_dir, args.split, args.cache_dir)
+        splits = load_folder(config, run_dir, args.split, args.cache_dir, write=distribution.chief)
         told = frozenset(name for name in ("way", "shots") if getattr(args, name) is not None)
         config = fit_to_folder(config, splits, told)
     else:
@@ -234,9 +282,16 @@ def main(argv: list[str] | None = None) -> dict:
     from keras_siamese.training import IncompatibleNetworkError
 
     try:
-        model, trained = train_and_report(config, splits, run_dir)
+        model, trained = train_and_report(config, splits, run_dir, distribution)
     except (IncompatibleNetworkError, FileNotFoundError) as error:  # --init-from
         raise SystemExit(f"error: {error}") from None
+    except ValueError as error:  # a batch that the replicas cannot share
+        raise SystemExit(f"error: {error}") from None
+    if not distribution.chief:
+        print(f"Worker {distribution.worker}: training done; the chief writes the report and "
+              f"the export into {run_dir}")
+        distribution.barrier()
+        return {}
     best_val = trained.get("best_val_one_shot_accuracy", trained.get("val_one_shot_accuracy"))
     try:
         check_trained(model, best_val, config.way, config.val_tasks)
@@ -260,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = folder_summary(metrics) if config.images is not None else summary(metrics)
     print(report + f"\nTrained {epochs} epochs in {trained['train_seconds'] / 60:.1f} min; "
           f"total {metrics['total_seconds'] / 60:.1f} min\nRun folder: {run_dir}")
+    distribution.barrier()  # the other workers wait for the results
     return metrics
 
 

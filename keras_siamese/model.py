@@ -137,6 +137,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     float64, another backend) to Keras's layer.
     """
 
+    def get_config(self) -> dict:
+        # Synchronised statistics belong to the strategy a network trains under, not to the
+        # network: a saved one normalises alike, and fused, wherever it is loaded.
+        return {**super().get_config(), "synchronized": False}
+
     def _fusable(self, inputs, mask) -> bool:
         rank = len(inputs.shape)
         return (
@@ -182,11 +187,16 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
-def build_twin(config: ModelConfig = ModelConfig()) -> keras.Sequential:
+def build_twin(
+    config: ModelConfig = ModelConfig(), *, synchronized_batch_norm: bool = False
+) -> keras.Sequential:
     """The twin CNN: conv-relu-maxpool blocks, flatten, dense sigmoid.
 
     Paper (Fig. 4): 64@10x10, 128@7x7, 128@4x4 each followed by 2x2 max-pool,
     then 256@4x4, flatten and a 4096-unit sigmoid layer.
+
+    ``synchronized_batch_norm``: batch statistics over the whole global batch of a
+    ``tf.distribute`` strategy's replicas rather than each replica's share of it.
     """
     dtype = "mixed_bfloat16" if config.mixed_precision else "float32"
     layers: list[keras.layers.Layer] = [
@@ -210,7 +220,9 @@ def build_twin(config: ModelConfig = ModelConfig()) -> keras.Sequential:
             )
         )
         if config.batch_norm:
-            layers.append(FusedBatchNormalization(dtype=dtype, name=f"bn{i + 1}"))
+            layers.append(FusedBatchNormalization(
+                    synchronized=synchronized_batch_norm, dtype=dtype, name=f"bn{i + 1}"
+                ))
             layers.append(keras.layers.Activation("relu", dtype=dtype, name=f"relu{i + 1}"))
         if i != last:
             layers.append(keras.layers.MaxPooling2D(2, dtype=dtype, name=f"pool{i + 1}"))
@@ -231,12 +243,15 @@ def build_twin(config: ModelConfig = ModelConfig()) -> keras.Sequential:
     return keras.Sequential(layers, name="twin")
 
 
-def build_siamese(config: ModelConfig = ModelConfig()) -> keras.Model:
+def build_siamese(
+    config: ModelConfig = ModelConfig(), *, synchronized_batch_norm: bool = False
+) -> keras.Model:
     """The Siamese network: one shared twin applied to ``left`` and ``right``.
 
     Returns a functional model taking ``{"left": x1, "right": x2}`` (each
     ``(N, S, S, C)`` float32, ink = 1) and returning the float32 probability
-    ``(N, 1)`` that both images show the same character.
+    ``(N, 1)`` that both images show the same character. ``synchronized_batch_norm``:
+    see :func:`build_twin`.
     """
     size = config.image_size
     if config.padding == "valid":
@@ -249,7 +264,7 @@ def build_siamese(config: ModelConfig = ModelConfig()) -> keras.Model:
                 side //= 2
         if side < 1:
             raise ValueError(f"image_size {size} is too small for 'valid' padding")
-    twin = build_twin(config)
+    twin = build_twin(config, synchronized_batch_norm=synchronized_batch_norm)
     left = keras.Input((size, size, config.channels), name="left")
     right = keras.Input((size, size, config.channels), name="right")
     head_l2 = config.l2[-1]

@@ -25,11 +25,17 @@ if TYPE_CHECKING:  # annotations only
     import numpy as np
 
     from keras_siamese.data import OmniglotImages
+    from keras_siamese.distribute import Distribution
     from keras_siamese.evaluation import OneShotTasks
 
 
-def train_and_report(config: TrainConfig, splits, run_dir: Path) -> tuple[keras.Model, dict]:
+def train_and_report(
+    config: TrainConfig, splits, run_dir: Path, distribution: Distribution | None = None
+) -> tuple[keras.Model, dict]:
     """Trains one network (``training.train``) or ``config.members`` (``training.train_members``).
+
+    ``distribution``: the ``tf.distribute`` strategy to train under; a worker that is not the
+    chief returns its model as trained and no figures, and writes nothing.
 
     Draws the learning curves into each run folder. Returns the model (the
     ensemble of the members for ``members > 1``, see ``ensemble_report``) and
@@ -42,8 +48,11 @@ def train_and_report(config: TrainConfig, splits, run_dir: Path) -> tuple[keras.
     from keras_siamese.model import build_ensemble
 
     started = time.monotonic()
+    chief = distribution is None or distribution.chief
     if config.members == 1:
-        model, history = training.train(config, splits, run_dir)
+        model, history = training.train(config, splits, run_dir, distribution=distribution)
+        if not chief:
+            return model, {}
         train_seconds = time.monotonic() - started
         plots.plot_learning_curves(history, run_dir / "learning_curves.png")
         return model, dict(
@@ -51,7 +60,9 @@ def train_and_report(config: TrainConfig, splits, run_dir: Path) -> tuple[keras.
             epochs=len(history.get("loss", [])),
             train_seconds=round(train_seconds, 1),
         )
-    members = training.train_members(config, splits, run_dir)
+    members = training.train_members(config, splits, run_dir, distribution=distribution)
+    if not chief:
+        return members[-1][1], {}
     train_seconds = time.monotonic() - started
     model = build_ensemble([member for _, member, _ in members])
     trained = ensemble_report(
@@ -271,7 +282,7 @@ FOLDER_VERIFICATION_PAIRS = 2000
 
 def load_folder(
     config: TrainConfig, run_dir: Path, split_file: str | Path | None = None,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None, write: bool = True,
 ) -> dict[str, OmniglotImages]:  # fmt: skip
     """A folder of the user's classes (``config.images``), split by class into train,
     validation and test.
@@ -279,7 +290,8 @@ def load_folder(
     The split is the run folder's ``split.json`` when it has one (a resumed run), else
     ``split_file`` (``--split``), else a new one drawn with ``config.seed``
     (``data.split_classes``); it is written into the run folder, so a test class never
-    reaches training or model selection, and the same split can be reused. A data problem
+    reaches training or model selection, and the same split can be reused (``write=False``:
+    a worker that is not the chief draws the same split and writes nothing). A data problem
     ends the command with its message.
     """
     from keras_siamese.data import folder as image_folder
@@ -298,7 +310,7 @@ def load_folder(
             split = image_folder.split_classes(images, seed=config.seed)
     except image_folder.ImageFolderError as error:
         raise SystemExit(f"error: {error}") from None
-    if not recorded.is_file():
+    if write and not recorded.is_file():
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         image_folder.write_split(split, recorded)
     splits = image_folder.apply_split(images, split)

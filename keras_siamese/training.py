@@ -37,6 +37,7 @@ from keras_siamese import files
 from keras_siamese.augmentation import Distortion
 from keras_siamese.config import TrainConfig
 from keras_siamese.data import OmniglotImages
+from keras_siamese.distribute import Distribution, StopTogether, shard_by_data
 from keras_siamese.evaluation import (
     OneShotTasks, SiameseScorer, accuracy, class_tasks, within_alphabet_tasks,
 )
@@ -104,7 +105,10 @@ class AllPairsCrossEntropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         same, different = _pair_masks(y_true, y_pred)
         bce = ops.binary_crossentropy(same, y_pred)
-        return _balanced_mean(bce, same, different)
+        # Shaped (1,), not a scalar: Keras reduces it as a batch of losses, which divides it
+        # by the replicas of a tf.distribute strategy (whose gradients are summed); a scalar
+        # loss it passes on unscaled, which would multiply the gradient by the replicas.
+        return ops.reshape(_balanced_mean(bce, same, different), (1,))
 
 
 def all_pairs_accuracy(y_true, y_pred):
@@ -168,22 +172,44 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
 
     Each backup (weights and the epoch count) is written into a folder of its own and
     published by atomically pointing the symlink ``latest`` at it; ``previous`` keeps
-    the backup before it, which Keras falls back to if the latest cannot be read (its
+    the backup before it, which is read instead if the latest cannot be (Keras's
     ``double_checkpoint``). A kill at any moment leaves a consistent backup: weights
     and epoch count always come from the same epoch.
 
     The backup of an epoch is written by :meth:`commit`, which ``train`` calls from a
     callback placed after every other one, so an epoch counts as done only once it has
     been validated, checkpointed and logged: a run killed before that repeats the epoch.
+
+    Under a multi-worker strategy only the chief writes (``writes=True``); every worker
+    restores from the chief's backup, so all of them start from the same epoch.
     """
 
-    def __init__(self, backup_dir: str | Path):
-        super().__init__(str(backup_dir), save_freq="epoch", double_checkpoint=True)
+    def __init__(self, backup_dir: str | Path, writes: bool = True):
+        super().__init__(
+            str(backup_dir), save_freq="epoch", double_checkpoint=True, delete_checkpoint=writes
+        )
+        self.writes = writes
         latest, previous = Path(backup_dir) / "latest", Path(backup_dir) / "previous"
         self._weights_path = str(latest / "latest.weights.h5")
         self._training_metadata_path = str(latest / "training_metadata.json")
         self._prev_weights_path = str(previous / "latest.weights.h5")
         self._prev_training_metadata_path = str(previous / "training_metadata.json")
+
+    def on_train_begin(self, logs=None):
+        # Keras falls back to the previous backup by copying it over the latest; here the
+        # previous one is read where it is, which writes nothing.
+        try:
+            self._load_model()
+        except OSError:
+            if not Path(self._prev_weights_path).exists():
+                raise
+            latest = self._weights_path, self._training_metadata_path
+            self._weights_path = self._prev_weights_path
+            self._training_metadata_path = self._prev_training_metadata_path
+            try:
+                self._load_model()
+            finally:
+                self._weights_path, self._training_metadata_path = latest
 
     @staticmethod
     def epochs_done(backup_dir: str | Path) -> int:
@@ -200,9 +226,10 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
         pass  # the epoch is backed up by commit(), after the other callbacks
 
     def commit(self, epoch: int) -> None:
-        """Backs up the model as it ends ``epoch`` (counted from 0)."""
+        """Backs up the model as it ends ``epoch`` (counted from 0), if this worker writes."""
         self._current_epoch = epoch + 1
-        self._save_model()
+        if self.writes:
+            self._save_model()
 
     def _save_model(self):
         backup = Path(self.backup_dir)
@@ -350,6 +377,7 @@ def train(
     run_dir: str | Path,
     verbose: int | str | None = None,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    distribution: Distribution | None = None,
 ) -> tuple[keras.Model, dict[str, list[Any]]]:
     """Trains a Siamese network with ``model.fit`` and returns the best model.
 
@@ -364,6 +392,10 @@ def train(
         extra_callbacks: more callbacks for ``model.fit``, after the run's own, so
             that their logs hold the one-shot validation accuracy. They see the
             compiled model that ``fit`` trains (``compiled_models``).
+        distribution: the ``tf.distribute`` strategy to train under
+            (``distribute.make_strategy``; by default none, one device). Under a multi-worker strategy every worker
+            calls ``train`` alike; only the chief writes to ``run_dir``, and the
+            others return the model as trained and no history.
 
     Returns:
         The model with the best one-shot validation accuracy, and the
@@ -371,7 +403,9 @@ def train(
     """
     if config.members != 1:
         raise ValueError(f"train() trains one network; use train_members() for {config.members}")
-    run_dir = _claim_run_dir(config, run_dir)
+    distribution = distribution or Distribution()
+    chief = distribution.chief
+    run_dir = _claim_run_dir(config, run_dir) if chief else Path(run_dir)
     best_path = run_dir / "best.keras"
     log_path = run_dir / "log.csv"
     backup_dir = run_dir / "backup"
@@ -379,20 +413,25 @@ def train(
         # BackupAndRestore deletes its backup when training ends, so this run's training has
         # finished: resuming a run killed later (in evaluation or export) must not retrain it.
         return files.load_keras_model(best_path), read_history(log_path)
-    # Epochs logged after the last backup are repeated when the run resumes: drop them.
-    _keep_logged_epochs(log_path, EpochBackup.epochs_done(backup_dir))
+    if chief:
+        # Epochs logged after the last backup are repeated when the run resumes: drop them.
+        _keep_logged_epochs(log_path, EpochBackup.epochs_done(backup_dir))
     best_so_far = _best_so_far(log_path)
 
     keras.utils.set_random_seed(config.seed)
     first_step = tf.Variable(0, dtype=tf.int64, trainable=False)
     train_ds, val_ds = datasets(config, splits, first_step)
+    if distribution.multi_worker:
+        train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
     val_tasks = validation_tasks(
         splits["validation"], tasks=config.val_tasks, way=config.way, seed=config.seed,
         folder=config.images is not None,
     )  # fmt: skip
 
-    model, fitted = compiled_models(config)
-    backup = EpochBackup(backup_dir)  # first: it restores a killed run before the others start
+    with distribution.scope():
+        model, fitted = compiled_models(config, replicas=distribution.replicas)
+    # First: it restores a killed run before the others start.
+    backup = EpochBackup(backup_dir, writes=chief)
     callbacks: list[keras.callbacks.Callback] = [backup, ContinueStream(first_step)]
     swap = None
     if config.ema_momentum is not None:
@@ -400,24 +439,32 @@ def train(
         # weights: validation, the checkpoint (hence evaluation and export) see them.
         swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
         callbacks.append(swap)
-    callbacks += [
-        OneShotValidation(val_tasks, model=model),
-        keras.callbacks.TerminateOnNaN(),
-        SiameseCheckpoint(
-            model,
-            best_path,
-            monitor=VAL_METRIC,
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=best_so_far,
-        ),
-        ResumedEarlyStopping(log_path, monitor=VAL_METRIC, mode="max", patience=config.patience),
-        keras.callbacks.CSVLogger(log_path, append=True),
-        keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False),
-    ]
+    callbacks += [OneShotValidation(val_tasks, model=model), keras.callbacks.TerminateOnNaN()]
+    if chief:
+        callbacks.append(
+            SiameseCheckpoint(
+                model,
+                best_path,
+                monitor=VAL_METRIC,
+                mode="max",
+                save_best_only=True,
+                initial_value_threshold=best_so_far,
+            )
+        )
+    callbacks.append(
+        ResumedEarlyStopping(log_path, monitor=VAL_METRIC, mode="max", patience=config.patience)
+    )
+    if chief:
+        callbacks += [
+            keras.callbacks.CSVLogger(log_path, append=True),
+            keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False),
+        ]
     if config.max_minutes:
         callbacks.append(TimeLimit(config.max_minutes))
-    callbacks += [*extra_callbacks, _CommitBackup(backup, swap)]  # last: see EpochBackup
+    callbacks += extra_callbacks
+    if distribution.multi_worker:
+        callbacks.append(StopTogether(distribution.strategy))
+    callbacks.append(_CommitBackup(backup, swap))  # last: see EpochBackup
     fitted.fit(
         train_ds,
         validation_data=val_ds,
@@ -430,6 +477,8 @@ def train(
         shuffle=False,  # pairs are drawn at random already
         verbose=progress_verbosity() if verbose is None else verbose,
     )
+    if not chief:
+        return model, {}
     if best_path.exists():
         model = files.load_keras_model(best_path)
     return model, read_history(log_path)
@@ -440,6 +489,7 @@ def train_members(
     splits: dict[str, OmniglotImages],
     run_dir: str | Path,
     verbose: int | str | None = None,
+    distribution: Distribution | None = None,
 ) -> list[tuple[Path, keras.Model, dict[str, list[Any]]]]:
     """Trains the ``config.members`` networks of an ensemble, one after another.
 
@@ -452,13 +502,16 @@ def train_members(
     Returns:
         Each member's run folder, best model and per-epoch history.
     """
-    run_dir = _claim_run_dir(config, run_dir)
+    distribution = distribution or Distribution()
+    run_dir = _claim_run_dir(config, run_dir) if distribution.chief else Path(run_dir)
     trained = []
     for i in range(config.members):
         member = config.replace(members=1, seed=config.seed + i)
         member_dir = run_dir / f"member{i + 1}-seed{member.seed}"
         print(f"Member {i + 1} of {config.members}: seed {member.seed}, run folder {member_dir}")
-        trained.append((member_dir, *train(member, splits, member_dir, verbose)))
+        trained.append(
+            (member_dir, *train(member, splits, member_dir, verbose, distribution=distribution))
+        )
     return trained
 
 
@@ -508,7 +561,33 @@ def initial_weights(model: keras.Model, source: str | Path) -> None:
     model.set_weights(trained.get_weights())
 
 
-def compiled_models(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
+def replica_groups(config: TrainConfig, replicas: int) -> int:
+    """The all-pairs groups of each replica's share of a batch of ``config``.
+
+    Each of ``replicas`` replicas pairs the images of its ``1/replicas`` of the batch: with
+    ``pair_sampling="alphabet"`` its share of the alphabets, each alphabet one group; with
+    ``"all"`` its share of the characters, one group.
+
+    Raises:
+        ValueError: the batch does not split into whole alphabets (or characters) per replica.
+    """
+    alphabets, characters = config.batch_alphabets, config.batch_characters
+    if config.pair_sampling == "alphabet":
+        if alphabets % replicas:
+            raise ValueError(
+                f"{replicas} replicas cannot share batches of {alphabets} alphabets: "
+                "choose --batch-alphabets, or the replicas, so that each gets whole alphabets"
+            )
+        return alphabets // replicas
+    if (alphabets * characters) % replicas:
+        raise ValueError(
+            f"{replicas} replicas cannot share batches of {alphabets * characters} characters: "
+            "each replica pairs whole characters"
+        )
+    return 1
+
+
+def compiled_models(config: TrainConfig, replicas: int = 1) -> tuple[keras.Model, keras.Model]:
     """A new Siamese model, and the compiled model that ``fit`` trains for it.
 
     With ``config.init_from`` the new model starts from that trained network's weights.
@@ -517,13 +596,16 @@ def compiled_models(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
     cross-entropy; with all pairs it is its all-pairs view
     (``model.build_all_pairs_trainer``) with :class:`AllPairsCrossEntropy`.
     Both report the verification accuracy of their pairs as ``accuracy``.
+
+    With ``replicas > 1`` (created in a ``tf.distribute`` strategy's scope), batch
+    normalisation is synchronised over the replicas, and each replica pairs the images of
+    its share of a batch (:func:`replica_groups`).
     """
-    model = build_siamese(config.model)
+    model = build_siamese(config.model, synchronized_batch_norm=replicas > 1)
     if config.init_from is not None:
         initial_weights(model, config.init_from)
     if config.pair_sampling != "random":
-        groups = config.batch_alphabets if config.pair_sampling == "alphabet" else 1
-        fitted = build_all_pairs_trainer(model, groups)
+        fitted = build_all_pairs_trainer(model, replica_groups(config, replicas))
         loss = AllPairsCrossEntropy()
         pair_accuracy = keras.metrics.MeanMetricWrapper(all_pairs_accuracy, name="accuracy")
     else:

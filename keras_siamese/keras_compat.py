@@ -14,8 +14,8 @@ open; Keras 3.5 to 3.15 at least, TensorFlow 2.16 to 2.21), in two places of
    module reduces scalars without an axis, which averages them over the replicas as intended.
 
 :func:`patch_keras` applies both and changes nothing for other strategies. The test
-``tests/test_distribute.py::test_keras_still_needs_the_compat_patch`` runs two workers without it
-and fails once a Keras release no longer needs it: then this module can go.
+``test_keras_still_needs_the_compat_patch`` (tests/end_to_end/test_multi_worker.py) runs two
+workers without it and fails once a Keras release no longer needs it: then this module can go.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The strategy choice, TF_CONFIG, replica groups and the chief-only backup, in one process.
 
-Two workers training together are in tests/end_to_end/test_distribute.py.
+Two workers training together are in tests/end_to_end/test_multi_worker.py.
 """
 
 from __future__ import annotations

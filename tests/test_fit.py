@@ -12,6 +12,8 @@ OPTIONS = [
     "--data-dir",
     "--tfds-dir",
     "--runs-dir",
+    "--run-dir",
+    "--strategy",
     "--resume",
     "--export-dir",
     "--model-name",

@@ -12,8 +12,11 @@ open; Keras 3.5 to 3.15 at least, TensorFlow 2.16 to 2.21), in two places of
 2. ``reduce_per_replica`` reduces each of a step's logs with ``strategy.reduce("MEAN", value,
    axis=0)`` under a multi-worker strategy; a scalar log (the loss, a metric) has no axis 0. This
    module reduces scalars without an axis, which averages them over the replicas as intended.
+3. ``reduce_per_replica`` gathers ``predict``'s outputs from all workers with a collective
+   gather, which takes no ``bfloat16`` (the outputs of a network in mixed bfloat16). This module
+   gathers them as ``float32``, which holds every ``bfloat16`` value, and casts them back.
 
-:func:`patch_keras` applies both and changes nothing for other strategies. The test
+:func:`patch_keras` applies all three and changes nothing for other strategies. The test
 ``test_keras_still_needs_the_compat_patch`` (tests/end_to_end/test_multi_worker.py) runs two
 workers without it and fails once a Keras release no longer needs it: then this module can go.
 """
@@ -54,12 +57,16 @@ def _maybe_symbolic_build(original):
 
 def _reduce_per_replica(original):
     def reduce(values, strategy, reduction):
-        if reduction not in ("auto", "mean") or not is_multi_worker(strategy):
+        if not is_multi_worker(strategy):
             return original(values, strategy, reduction)
 
         def one(value):
-            if strategy.experimental_local_results(value)[0].shape.rank == 0:
+            local = strategy.experimental_local_results(value)[0]
+            if reduction in ("auto", "mean") and local.shape.rank == 0:
                 return strategy.reduce("MEAN", value, axis=None)
+            if reduction == "concat" and local.dtype == tf.bfloat16:
+                promoted = strategy.run(lambda v: tf.cast(v, tf.float32), args=(value,))
+                return tf.cast(original(promoted, strategy, reduction), tf.bfloat16)
             return original(value, strategy, reduction)
 
         return tree.map_structure(one, values)

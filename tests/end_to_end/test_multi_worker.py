@@ -276,3 +276,20 @@ def test_each_replicas_all_pairs_loss_counts_once(run_python, tmp_path):
     assert figures["loss"] == pytest.approx(figures["expected_loss"], rel=1e-5)
     assert figures["step"] > 1e-4  # the step moved the weights
     assert figures["error"] < 1e-3 * figures["step"]
+
+
+def test_two_workers_train_in_mixed_bfloat16(omniglot, omniglot_dir, tfds_dir, tmp_path):
+    """Mixed bfloat16 under two workers, through the one-shot validation, whose embeddings are
+    gathered from both workers in bfloat16."""
+    options = [
+        "--preset", "smoke", "--mixed-precision", "--epochs", "1", "--steps-per-epoch", "3",
+        "--data-dir", str(omniglot_dir), "--tfds-dir", str(tfds_dir),
+    ]  # fmt: skip
+    cwds = [tmp_path / "worker0", tmp_path / "worker1"]
+    codes = finish(start_workers([str(WORKER), str(tmp_path), "multi-worker", *options], cwds), 300)
+    assert codes == [0, 0], output(cwds[0])[-3000:]
+    first, second = (np.load(tmp_path / f"worker{i}.npz") for i in (0, 1))
+    for a, b in zip(first.values(), second.values()):
+        np.testing.assert_array_equal(a, b)
+    epoch = json.loads((tmp_path / "worker0.json").read_text())["epochs"][0]
+    assert 0.0 <= epoch["val_one_shot_accuracy"] <= 1.0 and np.isfinite(epoch["loss"])

@@ -68,7 +68,8 @@ def tf_config() -> dict[str, Any] | None:
     return config
 
 
-def _tasks(config: dict[str, Any] | None) -> int:
+def cluster_size(config: dict[str, Any] | None) -> int:
+    """The tasks of a ``TF_CONFIG`` cluster (:func:`tf_config`); 1 without one."""
     return sum(len(addresses) for addresses in config["cluster"].values()) if config else 1
 
 
@@ -141,7 +142,7 @@ def make_strategy(name: str = "auto") -> Distribution:
         raise DistributionError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
     config = tf_config()
     if name == "auto":
-        if _tasks(config) > 1:
+        if cluster_size(config) > 1:
             name = "multi-worker"
         elif len(tf.config.list_physical_devices("GPU")) > 1:
             name = "mirrored"
@@ -165,7 +166,7 @@ def make_strategy(name: str = "auto") -> Distribution:
     chief = task_type == "chief" or (
         task_type == "worker" and index == 0 and "chief" not in config["cluster"]
     )
-    workers = _tasks(config)
+    workers = cluster_size(config)
     # The chief task, where there is one, counts first.
     worker = index + (1 if task_type == "worker" and "chief" in config["cluster"] else 0)
     return Distribution(strategy, name, worker=worker, workers=workers, chief=chief)

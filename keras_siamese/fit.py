@@ -174,10 +174,10 @@ def _distribution(args: argparse.Namespace):
     from keras_siamese.distribute import DistributionError, make_strategy
 
     if args.strategy in ("auto", "multi-worker") and not (args.run_dir or args.resume):
-        from keras_siamese.distribute import tf_config
+        from keras_siamese.distribute import cluster_size, tf_config
 
-        try:
-            cluster = args.strategy == "multi-worker" or tf_config() is not None
+        try:  # auto's rule: several workers where TF_CONFIG names more than one task
+            cluster = args.strategy == "multi-worker" or cluster_size(tf_config()) > 1
         except DistributionError as error:
             raise SystemExit(f"error: {error}") from None
         if cluster:

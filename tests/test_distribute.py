@@ -64,6 +64,10 @@ def test_several_workers_need_one_run_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
     with pytest.raises(SystemExit, match="needs --run-dir"):
         fit.main(["--preset", "smoke"])  # auto: a cluster
+    # A cluster of one task is one process: auto needs no shared run folder for it.
+    one_task = {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(one_task))
+    assert fit._distribution(fit.build_parser().parse_args(["--preset", "smoke"])).name == "one"
     monkeypatch.delenv("TF_CONFIG")
     with pytest.raises(SystemExit, match="choose one"):
         fit.main(["--run-dir", str(tmp_path / "a"), "--resume", str(tmp_path / "b")])

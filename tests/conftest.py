@@ -103,6 +103,16 @@ def keras_probabilities(model, pairs):
     return model.predict(x, verbose=0)[:, 0]
 
 
+def subprocess_env() -> dict[str, str]:
+    """This process's environment for a fresh interpreter: the repository importable,
+    TensorFlow's info logs off, matplotlib without a display."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
 @pytest.fixture(scope="session")
 def run_python():
     """Runs `python ARGS...` in a fresh interpreter at the repository root.
@@ -112,10 +122,7 @@ def run_python():
     import subprocess
     import sys
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["MPLBACKEND"] = "Agg"
+    env = subprocess_env()
 
     def run(*args: str, timeout: float = 300, cwd: pathlib.Path | None = None):
         return subprocess.run(

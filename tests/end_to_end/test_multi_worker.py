@@ -8,7 +8,6 @@ reference.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, log_rows
+from conftest import log_rows, subprocess_env
 
 from keras_siamese.distribute import loopback_cluster
 
@@ -37,10 +36,7 @@ LOSS_TOLERANCE = 0.02
 
 
 def environment(tf_config: dict | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["MPLBACKEND"] = "Agg"
+    env = subprocess_env()
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from keras_siamese.config import (
-    BOUNDS, CHANNELS, DEFAULT_PRESET, FOLDER_PRESET, PAIR_SAMPLING, PRESETS, STRATEGIES,
+    BOUNDS, CHANNELS, Bounds, DEFAULT_PRESET, FOLDER_PRESET, PAIR_SAMPLING, PRESETS, STRATEGIES,
     TrainConfig, add_tta_arguments,
 )
 
@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "(the paper: 320)")
     over.add_argument("--filters", type=_checked("filters"), nargs="+", default=None, metavar="N",
                       help="output channels of each convolution (as many as the preset has)")
+    over.add_argument("--dropout", type=_checked("dropout"), default=None, metavar="RATE",
+                      help="dropout on the flattened features before the dense layer, while "
+                      "training (0: none)")
+    over.add_argument("--l2", type=Bounds(float, at_least=0).parser("l2"), default=None, metavar="F",
+                      help="L2 factor on the weights of each convolution and the dense layer")
     for field in ("learning_rate", "lr_decay", "within_alphabet", "ema_momentum"):
         over.add_argument(f"--{field.replace('_', '-')}", type=_checked(field), default=None)
     over.add_argument("--max-minutes", type=_checked("max_minutes"), default=None,
@@ -199,7 +204,8 @@ def _checked(field: str):
 
 # The ModelConfig fields that have a command-line override.
 _MODEL_OVERRIDES = {
-    "image_size", "channels", "filters", "dense_units", "mixed_precision", "batch_norm",
+    "image_size", "channels", "filters", "dense_units", "dropout", "mixed_precision",
+    "batch_norm",
 }
 
 
@@ -248,6 +254,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     try:
         config = adapt_to_machine(preset, overrides.pop("mixed_precision", None))
         config = config.replace(**overrides)
+        if args.l2 is not None:  # each convolution and the dense layer; the head keeps its own
+            config = config.replace(l2=(args.l2,) * (len(config.model.filters) + 1)
+                                    + config.model.l2[-1:])
     except ValueError as error:  # an override out of range
         raise SystemExit(f"error: {error}") from None
     if args.run_dir:

@@ -230,6 +230,8 @@ def build_twin(
     _, dense_init, bias_init = _initialisers(config)
     layers += [
         keras.layers.Flatten(dtype=dtype, name="flatten"),
+        *([keras.layers.Dropout(config.dropout, dtype=dtype, name="dropout")]
+          if config.dropout else []),
         keras.layers.Dense(
             config.dense_units,
             activation="sigmoid",

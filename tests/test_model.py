@@ -84,6 +84,20 @@ def test_one_twin_is_shared_by_both_inputs(small_config):
     np.testing.assert_allclose(model.predict(x, verbose=0), np.full((6, 1), same), atol=1e-6)
 
 
+def test_dropout_acts_while_training_only(small_config):
+    config = small_config(paper_init=False, dropout=0.5)
+    twin = siamese_model.twin_of(build_siamese(config))
+    names = [layer.name for layer in twin.layers]
+    assert names.index("dropout") == names.index("flatten") + 1
+    images = _pairs(config)["left"]
+    np.testing.assert_array_equal(twin(images, training=False), twin(images, training=False))
+    assert not np.allclose(twin(images, training=True), twin(images, training=True))
+    # Without dropout the twin has no such layer, and a training pass is deterministic.
+    plain = build_twin(small_config(paper_init=False))
+    assert "dropout" not in [layer.name for layer in plain.layers]
+    np.testing.assert_array_equal(plain(images, training=True), plain(images, training=True))
+
+
 def test_weighted_l1_is_symmetric(small_config):
     config = small_config(paper_init=False)
     model = build_siamese(config)

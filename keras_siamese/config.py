@@ -72,6 +72,8 @@ BOUNDS: dict[str, Bounds] = {
     "image_size": Bounds(int, at_least=8),
     "dense_units": Bounds(int, at_least=1),
     "dropout": Bounds(float, at_least=0, below=1),
+    # Each of ModelConfig.l2's factors, and fit's --l2.
+    "l2_factor": Bounds(float, at_least=0),
     "seed": Bounds(int, at_least=0),
     "train_drawers": Bounds(int, at_least=1, at_most=20),
     "batch_size": Bounds(int, at_least=2),
@@ -157,6 +159,8 @@ class ModelConfig:
             raise ValueError(f"channels must be one of {CHANNELS}, got {self.channels!r}")
         for i, n in enumerate(self.filters):
             BOUNDS["dense_units"].check(f"filters[{i}]", n)
+        for i, factor in enumerate(self.l2):
+            BOUNDS["l2_factor"].check(f"l2[{i}]", factor)
         if len(self.filters) != len(self.kernel_sizes):
             raise ValueError("filters and kernel_sizes must have the same length")
         if len(self.l2) != len(self.filters) + 2:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from keras_siamese.config import (
-    BOUNDS, CHANNELS, Bounds, DEFAULT_PRESET, FOLDER_PRESET, PAIR_SAMPLING, PRESETS, STRATEGIES,
+    BOUNDS, CHANNELS, DEFAULT_PRESET, FOLDER_PRESET, PAIR_SAMPLING, PRESETS, STRATEGIES,
     TrainConfig, add_tta_arguments,
 )
 
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     over.add_argument("--dropout", type=_checked("dropout"), default=None, metavar="RATE",
                       help="dropout on the flattened features before the dense layer, while "
                       "training (0: none)")
-    over.add_argument("--l2", type=Bounds(float, at_least=0).parser("l2"), default=None, metavar="F",
+    over.add_argument("--l2", type=BOUNDS["l2_factor"].parser("l2"), default=None, metavar="F",
                       help="L2 factor on the weights of each convolution and the dense layer")
     for field in ("learning_rate", "lr_decay", "within_alphabet", "ema_momentum"):
         over.add_argument(f"--{field.replace('_', '-')}", type=_checked(field), default=None)

@@ -190,7 +190,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 def build_twin(
     config: ModelConfig = ModelConfig(), *, synchronized_batch_norm: bool = False
 ) -> keras.Sequential:
-    """The twin CNN: conv-relu-maxpool blocks, flatten, dense sigmoid.
+    """The twin CNN: conv-relu-maxpool blocks, flatten, (dropout,) dense sigmoid.
 
     Paper (Fig. 4): 64@10x10, 128@7x7, 128@4x4 each followed by 2x2 max-pool,
     then 256@4x4, flatten and a 4096-unit sigmoid layer.

@@ -155,6 +155,11 @@ def test_config_checks_its_lengths():
         ModelConfig(l2=(0.0,) * 5)
 
 
+def test_config_checks_each_l2_factor():
+    with pytest.raises(ValueError, match=r"l2\[4\] must be at least 0, got -1"):
+        ModelConfig(l2=(0.0,) * 4 + (-1.0, 0.0))
+
+
 # --- The paper's initialisation ------------------------------------------------------------
 
 

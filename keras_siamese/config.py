@@ -133,6 +133,13 @@ class ModelConfig:
         l2: per-layer L2 factors for conv1-4, the dense layer and the head.
         dropout: the rate of dropout on the flattened features before the dense
             layer, while training (0: none, as in the paper).
+        monotone_head: keep the head's weights ``alpha_j`` at or below zero
+            (``model.NonPositive``), so the probability of "same" falls as any component
+            distance grows. The paper leaves their sign free; a network then learns
+            positive weights on components in which the images of a training pair differ
+            anyway, an offset that the slowly learned bias does not give, and scores the
+            identity those components carry with the wrong sign (docs/your_images.md,
+            "The head's sign").
         paper_init: the paper's initialisers (N(0, 1e-2) conv weights,
             N(0.5, 1e-2) biases, N(0, 2e-1) dense weights) rather than Keras's.
         batch_norm: batch normalisation after each convolution (an addition
@@ -149,6 +156,7 @@ class ModelConfig:
     padding: str = "valid"
     l2: tuple[float, ...] = (2e-4, 2e-4, 2e-4, 2e-4, 2e-4, 0.0)
     dropout: float = 0.0
+    monotone_head: bool = False
     paper_init: bool = True
     batch_norm: bool = False
     mixed_precision: bool = False
@@ -423,18 +431,19 @@ PRESETS: dict[str, TrainConfig] = {
         max_minutes=None,
     ),
     # A user's own folder of classes (``--images``, ``data.read_image_folder``): the cpu
-    # network trained on every pair of batches of 16 classes x 4 images, for 800 steps on a
-    # few hundred images. A network that sees a few dozen classes learns them by heart within
-    # an epoch or two; dropout before the dense layer keeps it from leaning on a few features
-    # of those classes. Quarter turns and mirrored classes make new classes out of
-    # characters, not out of photographs, whose mirror image is the same class: images are
-    # mirrored on their own instead (``flip``). The epoch is kept on one-shot tasks of the
-    # folder's validation classes, and test-time augmentation uses distortions only. ``fit``
-    # fits the batches and the N of N-way tasks to the folder (``reporting.fit_to_folder``).
-    # docs/your_images.md measures these choices over five splits of the ORL faces.
+    # network with a monotone head, trained on every pair of batches of 16 classes x 4
+    # images, for 800 steps on a few hundred images. A network that sees a few dozen classes
+    # learns them by heart within an epoch or two; with a free head it also scores half its
+    # embedding with the wrong sign, which costs most on unseen classes. Quarter turns and
+    # mirrored classes make new classes out of characters, not out of photographs, whose
+    # mirror image is the same class: images are mirrored on their own instead (``flip``).
+    # The epoch is kept on one-shot tasks of the folder's validation classes, and test-time
+    # augmentation uses distortions only. ``fit`` fits the batches and the N of N-way tasks
+    # to the folder (``reporting.fit_to_folder``). docs/your_images.md measures these
+    # choices over five splits of the ORL faces.
     "folder": _CPU.replace(
         preset="folder",
-        dropout=0.5,
+        monotone_head=True,
         batch_alphabets=1,
         batch_characters=16,
         batch_drawers=4,

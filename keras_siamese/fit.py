@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     over.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                       help="batch normalisation after each convolution")
+    over.add_argument("--monotone-head", action=argparse.BooleanOptionalAction, default=None,
+                      help="keep the head's weights at or below zero, so the probability of "
+                      "'same' falls as any component distance grows")
     over.add_argument("--distort", action=argparse.BooleanOptionalAction, default=None,
                       help="the paper's affine distortions of training pairs")
     over.add_argument("--distortion-strength", type=_checked("distortion_strength"), default=None,
@@ -205,7 +208,7 @@ def _checked(field: str):
 # The ModelConfig fields that have a command-line override.
 _MODEL_OVERRIDES = {
     "image_size", "channels", "filters", "dense_units", "dropout", "mixed_precision",
-    "batch_norm",
+    "batch_norm", "monotone_head",
 }
 
 

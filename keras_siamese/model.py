@@ -7,6 +7,7 @@ prediction ``p = sigmoid(sum_j alpha_j |h1_j - h2_j| + b)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,10 @@ import tensorflow as tf
 from keras import ops
 
 from keras_siamese.config import ModelConfig
+
+# The starting bias of a monotone head: two identical embeddings are "same" with
+# probability 0.99.
+MONOTONE_HEAD_BIAS = math.log(0.99 / 0.01)
 
 
 def layer_names(config: ModelConfig) -> list[str]:
@@ -41,6 +46,15 @@ def _initialisers(config: ModelConfig):
 
 
 @keras.saving.register_keras_serializable(package="keras_siamese")
+class NonPositive(keras.constraints.Constraint):
+    """Keeps a weight at or below zero after each optimiser step (``keras.constraints.NonNeg``
+    mirrored): the head's ``alpha`` under ``ModelConfig.monotone_head``."""
+
+    def __call__(self, w):
+        return ops.minimum(w, ops.zeros_like(w))
+
+
+@keras.saving.register_keras_serializable(package="keras_siamese")
 class WeightedL1(keras.layers.Layer):
     """The paper's head: a trainable weighted L1 distance and a sigmoid.
 
@@ -51,6 +65,10 @@ class WeightedL1(keras.layers.Layer):
 
     It runs in float32 under mixed precision so that the probability (and the
     loss computed from it) keeps full precision.
+
+    ``alpha_constraint``: a ``keras.constraints`` constraint on ``alpha``, such as
+    :class:`NonPositive`, which makes the probability fall as any component of the
+    distance grows.
     """
 
     def __init__(
@@ -59,6 +77,7 @@ class WeightedL1(keras.layers.Layer):
         alpha_initializer="glorot_uniform",
         bias_initializer="zeros",
         alpha_regularizer=None,
+        alpha_constraint=None,
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
@@ -67,6 +86,7 @@ class WeightedL1(keras.layers.Layer):
         self.alpha_initializer = keras.initializers.get(alpha_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.alpha_regularizer = keras.regularizers.get(alpha_regularizer)
+        self.alpha_constraint = keras.constraints.get(alpha_constraint)
 
     def build(self, input_shape):
         left_shape, right_shape = input_shape
@@ -77,7 +97,11 @@ class WeightedL1(keras.layers.Layer):
             shape=(left_shape[-1], 1),
             initializer=self.alpha_initializer,
             regularizer=self.alpha_regularizer,
+            constraint=self.alpha_constraint,
         )
+        if self.alpha_constraint is not None:
+            # Start within the constraint, as every optimiser step leaves it.
+            self.alpha.assign(self.alpha_constraint(self.alpha))
         self.bias = self.add_weight(name="bias", shape=(1,), initializer=self.bias_initializer)
 
     def distance_logits(self, left, right):
@@ -113,6 +137,7 @@ class WeightedL1(keras.layers.Layer):
             alpha_initializer=keras.initializers.serialize(self.alpha_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
             alpha_regularizer=keras.regularizers.serialize(self.alpha_regularizer),
+            alpha_constraint=keras.constraints.serialize(self.alpha_constraint),
         )
         return config
 
@@ -271,10 +296,16 @@ def build_siamese(
     right = keras.Input((size, size, config.channels), name="right")
     head_l2 = config.l2[-1]
     _, dense_init, bias_init = _initialisers(config)
+    if config.monotone_head:
+        # The bias is then the logit of two identical embeddings; starting it at
+        # MONOTONE_HEAD_BIAS spares training the long climb to it at the optimiser's
+        # pace, a step of about the learning rate.
+        bias_init = keras.initializers.Constant(MONOTONE_HEAD_BIAS)
     head = WeightedL1(
         alpha_initializer=dense_init,
         bias_initializer=bias_init,
         alpha_regularizer=keras.regularizers.L2(head_l2) if head_l2 else None,
+        alpha_constraint=NonPositive() if config.monotone_head else None,
         name="weighted_l1",
     )
     probability = head([twin(left), twin(right)])

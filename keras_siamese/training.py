@@ -41,7 +41,9 @@ from keras_siamese.distribute import Distribution, StopTogether, shard_by_data
 from keras_siamese.evaluation import (
     OneShotTasks, SiameseScorer, accuracy, class_tasks, within_alphabet_tasks,
 )
-from keras_siamese.model import build_all_pairs_trainer, build_siamese, layer_names, load_trained
+from keras_siamese.model import (
+    build_all_pairs_trainer, build_siamese, head_of, layer_names, load_trained,
+)
 from keras_siamese.optimizers import LayerwiseSGD
 from keras_siamese.pairs import character_batch_dataset, pair_dataset
 
@@ -544,6 +546,12 @@ class IncompatibleNetworkError(ValueError):
 def initial_weights(model: keras.Model, source: str | Path) -> None:
     """Sets ``model``'s weights to those of a trained network (``--init-from``): fine-tuning.
 
+    A monotone head (``ModelConfig.monotone_head``) keeps its fresh weights when the trained
+    head has positive weights (it was trained without the constraint): its bias and negative
+    weights were learned beside the positive ones, and clipping those away would leave a head
+    far off from the one the twin's features need, with a bias that the optimiser moves back
+    only slowly. The twin's weights, what a trained network transfers, are taken either way.
+
     Raises:
         IncompatibleNetworkError: the trained network has another architecture or input.
         FileNotFoundError: ``source`` holds no network.
@@ -558,7 +566,12 @@ def initial_weights(model: keras.Model, source: str | Path) -> None:
             f"{tuple(model.input['left'].shape[1:])} with {len(ours)}. Start it with the same "
             "architecture (--preset, --image-size, --channels, --filters, --dense-units)."
         )
+    head = head_of(model)
+    fresh_head = [variable.numpy() for variable in head.weights]
     model.set_weights(trained.get_weights())
+    if head.alpha_constraint is not None and float(np.max(head_of(trained).alpha.numpy())) > 0:
+        for variable, value in zip(head.weights, fresh_head):
+            variable.assign(value)
 
 
 def replica_groups(config: TrainConfig, replicas: int) -> int:

@@ -51,6 +51,8 @@ OPTIONS = [
     "--no-flip",
     "--dropout",
     "--l2",
+    "--monotone-head",
+    "--no-monotone-head",
     "--tta-views",
     "--tta-symmetries",
     "--images",
@@ -86,6 +88,7 @@ def test_overrides_land_in_the_config(tmp_path):
         "--distortion-strength", "1.5", "--quarter-turns", "--mirror",
         "--filters", "8", "16", "16", "32", "--dense-units", "64", "--runs-dir", str(tmp_path),
         "--tta-views", "8", "--tta-symmetries", "1", "--dropout", "0.25", "--l2", "1e-4",
+        "--monotone-head",
     ])  # fmt: skip
     config, run_dir = fit.resolve_config(args)
     # The overrides win over the preset's bfloat16 recipe (75 epochs, x0.97) too.
@@ -94,7 +97,7 @@ def test_overrides_land_in_the_config(tmp_path):
         seed=3, epochs=7, lr_decay=0.5, learning_rate=0.002, image_size=40, distort=False,
         distortion_strength=1.5, quarter_turns=True, mirror=True, filters=(8, 16, 16, 32),
         dense_units=64, mixed_precision=True, tta_views=8, tta_symmetries=1, dropout=0.25,
-        l2=(1e-4,) * 5 + (0.0,),
+        l2=(1e-4,) * 5 + (0.0,), monotone_head=True,
     )
     assert run_dir.parent == tmp_path and run_dir.name.endswith("-cpu-long-seed3")
 

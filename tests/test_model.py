@@ -121,6 +121,37 @@ def test_weighted_l1_computes_the_papers_formula():
     assert p.shape == (5, 1)
 
 
+def test_monotone_head_keeps_its_weights_at_or_below_zero(small_config, tmp_path):
+    # Labels that reward distance: "same" for two different images, "different" for an
+    # image and itself. A free head learns positive weights for them; a monotone one
+    # cannot, and still learns (its bias falls).
+    def train(monotone_head: bool) -> keras.Model:
+        keras.utils.set_random_seed(0)
+        config = small_config(paper_init=False, monotone_head=monotone_head)
+        model = build_siamese(config)
+        x = _pairs(config, n=32)
+        x["right"][16:] = x["left"][16:]
+        y = np.r_[np.ones(16), np.zeros(16)].astype(np.float32)[:, None]
+        model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
+        model.fit(x, y, epochs=5, batch_size=32, verbose=0)
+        return model
+
+    free = siamese_model.head_of(train(False))
+    assert free.alpha.numpy().max() > 0
+    model = train(True)
+    head = siamese_model.head_of(model)
+    assert head.alpha.numpy().max() <= 0
+    assert head.bias.numpy()[0] < siamese_model.MONOTONE_HEAD_BIAS
+    # A fresh monotone head starts within its constraint, with the bias of near-certainty.
+    fresh = siamese_model.head_of(build_siamese(small_config(monotone_head=True)))
+    assert fresh.alpha.numpy().max() <= 0 and fresh.alpha.numpy().min() < 0
+    np.testing.assert_allclose(fresh.bias.numpy(), [siamese_model.MONOTONE_HEAD_BIAS])
+    # The constraint is saved with the model.
+    model.save(tmp_path / "monotone.keras")
+    loaded = siamese_model.head_of(keras.models.load_model(tmp_path / "monotone.keras"))
+    assert isinstance(loaded.alpha_constraint, siamese_model.NonPositive)
+
+
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_keras_file_round_trip_in_safe_mode(small_config, tmp_path, batch_norm):
     config = small_config(paper_init=False, batch_norm=batch_norm)

@@ -233,3 +233,27 @@ def test_init_from_copies_a_trained_network_and_refuses_another_architecture(sma
         training.initial_weights(colour, tmp_path / "source.keras")
     with pytest.raises(FileNotFoundError):
         training.initial_weights(target, tmp_path / "missing.keras")
+
+
+def test_init_from_a_free_head_gives_a_monotone_head_a_fresh_start(small_config, tmp_path):
+    from keras_siamese.model import MONOTONE_HEAD_BIAS, build_siamese, head_of, twin_of
+
+    source = build_siamese(small_config(paper_init=False))
+    assert head_of(source).alpha.numpy().max() > 0
+    source.save(tmp_path / "free.keras")
+    target = build_siamese(small_config(paper_init=False, monotone_head=True))
+    fresh = [w.numpy() for w in head_of(target).weights]
+    training.initial_weights(target, tmp_path / "free.keras")
+    # The twin is the trained one; the head keeps its fresh, constrained weights.
+    for a, b in zip(twin_of(source).get_weights(), twin_of(target).get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(fresh, head_of(target).weights, strict=True):
+        np.testing.assert_array_equal(a, b.numpy())
+    np.testing.assert_allclose(head_of(target).bias.numpy(), [MONOTONE_HEAD_BIAS])
+    # A monotone source passes its head on too.
+    target.save(tmp_path / "monotone.keras")
+    again = build_siamese(small_config(paper_init=False, monotone_head=True))
+    head_of(again).bias.assign([0.0])
+    training.initial_weights(again, tmp_path / "monotone.keras")
+    for a, b in zip(target.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

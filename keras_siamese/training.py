@@ -42,7 +42,7 @@ from keras_siamese.evaluation import (
     OneShotTasks, SiameseScorer, accuracy, class_tasks, within_alphabet_tasks,
 )
 from keras_siamese.model import (
-    build_all_pairs_trainer, build_siamese, head_of, layer_names, load_trained,
+    build_all_pairs_trainer, build_siamese, head_of, layer_names, load_trained, twin_of,
 )
 from keras_siamese.optimizers import LayerwiseSGD
 from keras_siamese.pairs import character_batch_dataset, pair_dataset
@@ -566,12 +566,10 @@ def initial_weights(model: keras.Model, source: str | Path) -> None:
             f"{tuple(model.input['left'].shape[1:])} with {len(ours)}. Start it with the same "
             "architecture (--preset, --image-size, --channels, --filters, --dense-units)."
         )
-    head = head_of(model)
-    fresh_head = [variable.numpy() for variable in head.weights]
-    model.set_weights(trained.get_weights())
-    if head.alpha_constraint is not None and float(np.max(head_of(trained).alpha.numpy())) > 0:
-        for variable, value in zip(head.weights, fresh_head):
-            variable.assign(value)
+    if head_of(model).alpha_constraint is not None and np.max(head_of(trained).alpha.numpy()) > 0:
+        twin_of(model).set_weights(twin_of(trained).get_weights())
+    else:
+        model.set_weights(trained.get_weights())
 
 
 def replica_groups(config: TrainConfig, replicas: int) -> int:

@@ -246,8 +246,11 @@ def build_twin(
         )
         if config.batch_norm:
             layers.append(FusedBatchNormalization(
-                    synchronized=synchronized_batch_norm, dtype=dtype, name=f"bn{i + 1}"
-                ))
+                momentum=config.batch_norm_momentum,
+                synchronized=synchronized_batch_norm,
+                dtype=dtype,
+                name=f"bn{i + 1}",
+            ))
             layers.append(keras.layers.Activation("relu", dtype=dtype, name=f"relu{i + 1}"))
         if i != last:
             layers.append(keras.layers.MaxPooling2D(2, dtype=dtype, name=f"pool{i + 1}"))

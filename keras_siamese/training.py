@@ -42,7 +42,8 @@ from keras_siamese.evaluation import (
     OneShotTasks, SiameseScorer, accuracy, class_tasks, within_alphabet_tasks,
 )
 from keras_siamese.model import (
-    build_all_pairs_trainer, build_siamese, head_of, layer_names, load_trained, twin_of,
+    build_all_pairs_trainer, build_siamese, head_of, layer_names, load_trained,
+    siamese_members, twin_of,
 )
 from keras_siamese.optimizers import LayerwiseSGD
 from keras_siamese.pairs import character_batch_dataset, pair_dataset
@@ -551,12 +552,14 @@ def initial_weights(model: keras.Model, source: str | Path) -> None:
     weights were learned beside the positive ones, and clipping those away would leave a head
     far off from the one the twin's features need, with a bias that the optimiser moves back
     only slowly. The twin's weights, what a trained network transfers, are taken either way.
+    From an ensemble (the run folder of a ``folder`` preset run, say) the start is its first
+    network; each network of a new ensemble starts from it with its own seed.
 
     Raises:
         IncompatibleNetworkError: the trained network has another architecture or input.
         FileNotFoundError: ``source`` holds no network.
     """
-    trained = load_trained(source)
+    trained = siamese_members(load_trained(source))[0]
     ours = [tuple(w.shape) for w in model.weights]
     theirs = [tuple(w.shape) for w in trained.weights]
     if ours != theirs or model.input["left"].shape != trained.input["left"].shape:

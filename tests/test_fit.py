@@ -36,6 +36,7 @@ OPTIONS = [
     "--max-minutes",
     "--members",
     "--batch-norm",
+    "--batch-norm-momentum",
     "--no-batch-norm",
     "--optimizer",
     "--mixed-precision",
@@ -88,7 +89,7 @@ def test_overrides_land_in_the_config(tmp_path):
         "--distortion-strength", "1.5", "--quarter-turns", "--mirror",
         "--filters", "8", "16", "16", "32", "--dense-units", "64", "--runs-dir", str(tmp_path),
         "--tta-views", "8", "--tta-symmetries", "1", "--dropout", "0.25", "--l2", "1e-4",
-        "--monotone-head",
+        "--monotone-head", "--batch-norm-momentum", "0.9",
     ])  # fmt: skip
     config, run_dir = fit.resolve_config(args)
     # The overrides win over the preset's bfloat16 recipe (75 epochs, x0.97) too.
@@ -97,7 +98,7 @@ def test_overrides_land_in_the_config(tmp_path):
         seed=3, epochs=7, lr_decay=0.5, learning_rate=0.002, image_size=40, distort=False,
         distortion_strength=1.5, quarter_turns=True, mirror=True, filters=(8, 16, 16, 32),
         dense_units=64, mixed_precision=True, tta_views=8, tta_symmetries=1, dropout=0.25,
-        l2=(1e-4,) * 5 + (0.0,), monotone_head=True,
+        l2=(1e-4,) * 5 + (0.0,), monotone_head=True, batch_norm_momentum=0.9,
     )
     assert run_dir.parent == tmp_path and run_dir.name.endswith("-cpu-long-seed3")
 
@@ -145,6 +146,7 @@ def test_precision_follows_the_flag_else_the_hardware(tmp_path):
      (("--train-drawers", "21"), "train-drawers must be at most 20, got 21"),
      (("--filters", "8", "0", "8", "8"), "filters must be at least 1, got 0"),
      (("--dropout", "1"), "dropout must be below 1, got 1"),
+     (("--batch-norm-momentum", "1"), "batch-norm-momentum must be below 1, got 1"),
      (("--l2", "-0.5"), "l2 must be at least 0, got -0.5"),
      (("--seed", "x"), "seed: not a number: 'x'")],
 )  # fmt: skip

@@ -154,7 +154,7 @@ def test_monotone_head_keeps_its_weights_at_or_below_zero(small_config, tmp_path
 
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_keras_file_round_trip_in_safe_mode(small_config, tmp_path, batch_norm):
-    config = small_config(paper_init=False, batch_norm=batch_norm)
+    config = small_config(paper_init=False, batch_norm=batch_norm, batch_norm_momentum=0.9)
     model = build_siamese(config)
     x = _pairs(config, n=8)
     path = tmp_path / "model.keras"
@@ -171,6 +171,7 @@ def test_keras_file_round_trip_in_safe_mode(small_config, tmp_path, batch_norm):
         if isinstance(layer, siamese_model.FusedBatchNormalization)
     ]
     assert len(fused) == (len(config.filters) if batch_norm else 0)
+    assert all(layer.momentum == 0.9 for layer in fused)  # the config's, not Keras's default
 
 
 @pytest.mark.parametrize("size", [52, 64])
@@ -184,6 +185,12 @@ def test_config_checks_its_lengths():
         ModelConfig(filters=(8, 16), kernel_sizes=(3,))
     with pytest.raises(ValueError, match="l2 needs 6"):
         ModelConfig(l2=(0.0,) * 5)
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0])
+def test_config_checks_the_batch_norm_momentum(momentum):
+    with pytest.raises(ValueError, match="batch_norm_momentum must be"):
+        ModelConfig(batch_norm_momentum=momentum)
 
 
 def test_config_checks_each_l2_factor():

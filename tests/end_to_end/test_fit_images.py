@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ORL_DIR
-from keras_siamese.model import load_trained
+from keras_siamese.model import load_trained, siamese_members, twin_of
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,10 @@ def test_a_folder_trains_reports_on_unseen_classes_and_exports(orl_run):
     # One epoch already tells faces apart better than chance.
     assert metrics["test_1shot_accuracy"] > 0.25
     assert metrics["verification_roc_auc"] > 0.6
-    for picture in ("roc.png", "one_shot_tasks.png", "learning_curves.png"):
+    pictures = ["roc.png", "one_shot_tasks.png"]
+    # The preset's three networks, each in its own run folder with its learning curves.
+    pictures += [f"member{i}-seed{i - 1}/learning_curves.png" for i in (1, 2, 3)]
+    for picture in pictures:
         assert (run / picture).read_bytes().startswith(PNG_SIGNATURE), picture
     assert "8-way 1-shot" in result.stdout and "Threshold for \"none of these\"" in result.stdout
     # The SavedModel, with plain TensorFlow: the same one-shot figure, and the threshold.
@@ -82,7 +85,8 @@ def test_a_folder_trains_reports_on_unseen_classes_and_exports(orl_run):
     buffer = io.BytesIO()
     Image.open(ORL_DIR / "s1" / "1.pgm").save(buffer, format="PNG")
     embedding = saved["embed_encoded"](images=tf.constant([buffer.getvalue()]))["embedding"]
-    assert embedding.shape == (1, 512)
+    assert embedding.shape == (1, 3 * 512)  # the three networks' embeddings side by side
+    assert int(info["embedding_size"]) == 3 * 512
 
 
 def test_resuming_the_finished_run_and_reusing_its_split(orl_run, run_python):
@@ -104,12 +108,11 @@ def test_resuming_the_finished_run_and_reusing_its_split(orl_run, run_python):
     assert {k: old[k] for k in ("train", "validation", "test")} == {
         k: new[k] for k in ("train", "validation", "test")
     }
-    # --init-from: training starts from the first run's weights (and barely moves them).
-    first, second = load_trained(run_dir), load_trained(new_dir)
-    np.testing.assert_allclose(
-        first.get_layer("twin").get_layer("conv1").kernel.numpy(),
-        second.get_layer("twin").get_layer("conv1").kernel.numpy(), atol=1e-6,
-    )  # fmt: skip
+    # --init-from an ensemble: each new network starts from its first network's weights (and
+    # barely moves them).
+    start = twin_of(siamese_members(load_trained(run_dir))[0]).get_layer("conv1").kernel.numpy()
+    for member in siamese_members(load_trained(new_dir)):
+        np.testing.assert_allclose(twin_of(member).get_layer("conv1").kernel.numpy(), start, atol=1e-6)
 
 
 def _refused(tmp_path, *args) -> str:

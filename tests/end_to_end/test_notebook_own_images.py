@@ -25,9 +25,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CELL_TIMEOUT = 300  # seconds; the training cell is the longest
 
 # Figures the notebook saves into KERAS_SIAMESE_NB_OUTPUT_DIR, and those it shows from the
-# run folder of `python -m keras_siamese.fit`.
+# run folder of `python -m keras_siamese.fit`: the folder preset's three networks (seeds 0-2)
+# each have their learning curves in their own folder.
 FIGURES = ["faces.png", "one_person.png", "identifications.png"]
-RUN_FIGURES = ["learning_curves.png", "one_shot_tasks.png", "roc.png"]
+RUN_FIGURES = ["one_shot_tasks.png", "roc.png"] + [
+    f"member{i + 1}-seed{i}/learning_curves.png" for i in range(3)
+]
 
 # Results in [0, 1] that the notebook writes into results.json.
 FRACTIONS = [
@@ -151,7 +154,7 @@ def test_notebook_shows_each_figure_once(executed):
     nb, _ = executed
     outputs = _outputs(nb)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    # faces, one person, learning curves, tasks, ROC, identifications
-    assert len(images) >= 6, len(images)
+    # faces, one person, three networks' learning curves, tasks, ROC, identifications
+    assert len(images) >= 8, len(images)
     assert not [o for o in outputs if o.output_type == "execute_result"]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -31,20 +31,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/figures/validation_per_epoch.png"))
     args = parser.parse_args()
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for colour, (label, *runs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], args.group):
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, (label, *runs) in zip(colours, args.group):
         if not runs:
             parser.error(f"--group {label!r} names no run folder")
         histories = [training.read_history(Path(run) / "log.csv") for run in runs]
         epochs = min(len(h[training.VAL_METRIC]) for h in histories)
+        x = np.arange(1, epochs + 1)
+        means = {}
         for ax, key in ((acc_ax, training.VAL_METRIC), (loss_ax, "val_loss")):
             values = np.array([h[key][:epochs] for h in histories])
-            x = np.arange(1, epochs + 1)
+            means[key] = values.mean(axis=0)
             for run_values in values:
                 ax.plot(x, run_values, color=colour, linewidth=0.6, alpha=0.4)
-            ax.plot(x, values.mean(axis=0), color=colour, linewidth=2,
+            ax.plot(x, means[key], color=colour, linewidth=2,
                     label=f"{label} (mean of {len(runs)})")
-        means = np.mean([h[training.VAL_METRIC][:epochs] for h in histories], axis=0)
-        print(f"{label}: " + " ".join(f"{value:.3f}" for value in means))
+        print(f"{label}: " + " ".join(f"{value:.3f}" for value in means[training.VAL_METRIC]))
     acc_ax.set(xlabel="epoch", ylabel="one-shot accuracy, validation classes",
                title="Validation one-shot accuracy")
     loss_ax.set(xlabel="epoch", ylabel="binary cross-entropy", title="Loss on validation pairs")

@@ -112,7 +112,8 @@ def test_resuming_the_finished_run_and_reusing_its_split(orl_run, run_python):
     # barely moves them).
     start = twin_of(siamese_members(load_trained(run_dir))[0]).get_layer("conv1").kernel.numpy()
     for member in siamese_members(load_trained(new_dir)):
-        np.testing.assert_allclose(twin_of(member).get_layer("conv1").kernel.numpy(), start, atol=1e-6)
+        kernel = twin_of(member).get_layer("conv1").kernel.numpy()
+        np.testing.assert_allclose(kernel, start, atol=1e-6)
 
 
 def _refused(tmp_path, *args) -> str:

@@ -54,7 +54,11 @@ def main() -> None:
     runs = data.load_lake_runs(args.data_dir)
     model = build_siamese(config.model)
     with tempfile.TemporaryDirectory() as tmp:
-        signatures = tf.saved_model.load(str(export.export_saved_model(model, tmp))).signatures
+        # The 400 pairs go through serving_default in one request, over the default limit.
+        limits = export.ExportLimits(max_images=400)
+        signatures = tf.saved_model.load(
+            str(export.export_saved_model(model, tmp, limits=limits))
+        ).signatures
         one_shot, pairs = signatures["one_shot"], signatures["serving_default"]
         queries = tf.constant(runs.test[0], tf.float32)
         support = tf.constant(runs.training[0], tf.float32)

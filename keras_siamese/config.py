@@ -420,8 +420,8 @@ PRESETS: dict[str, TrainConfig] = {
     # one trained three times as long, whose validation accuracy levels off
     # (docs/ablations.md, "Ensembles").
     "cpu-long": _CPU.replace(preset="cpu-long", members=3),
-    # The cpu recipe on a tiny network for a few steps of random pairs: for tests and for
-    # trying the pipeline out.
+    # The cpu recipe on a tiny network for a few steps of random pairs, scored with two
+    # test-time views rather than sixteen: for tests and for trying the pipeline out.
     "smoke": _CPU.replace(
         preset="smoke",
         image_size=28,
@@ -438,6 +438,7 @@ PRESETS: dict[str, TrainConfig] = {
         val_tasks=20,
         val_pair_steps=1,
         max_minutes=None,
+        tta_views=2,
     ),
     # A user's own folder of classes (``--images``, ``data.read_image_folder``): three cpu
     # networks with a monotone head, each trained on every pair of batches of 16 classes x 4

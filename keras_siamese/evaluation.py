@@ -367,10 +367,22 @@ class SiameseScorer:
         x = to_model_input(images, self.image_size)
         if transform_row is not None:
             x = transform(x, transform_row)
-        return [
-            np.asarray(twin.predict(x, batch_size=self.batch_size, verbose=0), np.float32)
-            for twin, _ in self.members
-        ]
+        return [np.asarray(self._twin_outputs(twin, x), np.float32) for twin, _ in self.members]
+
+    def _twin_outputs(self, twin: keras.Model, x: tf.Tensor) -> np.ndarray:
+        """``twin``'s outputs for ``x`` in batches of ``batch_size``.
+
+        One replica runs each batch through ``predict_on_batch``, the compiled predict
+        step without ``predict``'s per-call input pipeline, which costs more than a
+        validation task set's few hundred images take to embed. Under a strategy of
+        several replicas ``predict`` splits each batch between them.
+        """
+        if twin.distribute_strategy.num_replicas_in_sync > 1:
+            return twin.predict(x, batch_size=self.batch_size, verbose=0)
+        return np.concatenate([
+            twin.predict_on_batch(x[start:start + self.batch_size])
+            for start in range(0, max(len(x), 1), self.batch_size)  # an empty x gives (0, d)
+        ])  # fmt: skip
 
     def _member_probabilities(
         self, left: list[np.ndarray], right: list[np.ndarray]

@@ -117,6 +117,15 @@ def test_siamese_scorer_equals_the_models_predictions(small_model, tasks_name, r
     assert np.std(scores[picked], axis=1).min() > 1e-6  # candidates get different scores
 
 
+def test_siamese_scorer_embeds_in_batches_as_predict_does(small_model, test_split):
+    twin = small_model.get_layer("twin")
+    images = test_split.images[:150]  # two full batches of 64 and a partial one
+    scorer = evaluation.SiameseScorer(small_model, batch_size=64)
+    expected = twin.predict(to_model_input(images, scorer.image_size), verbose=0)
+    np.testing.assert_allclose(scorer.embed(images), expected, atol=1e-6)
+    assert scorer.embed(images[:0]).shape == (0, expected.shape[1])
+
+
 def test_verification_accuracy(small_model, test_split):
     value = evaluation.verification_accuracy(small_model, test_split, num_pairs=512, seed=0)
     assert 0.0 <= value <= 1.0

@@ -101,6 +101,7 @@ def test_resuming_the_finished_run_and_reusing_its_split(orl_run, run_python):
     reused = _fit(
         run_python, root, "--images", ORL_DIR, "--split", f"{run_dir}/split.json", "--seed", "5",
         "--no-export", "--epochs", "1", "--init-from", run_dir, "--learning-rate", "1e-12",
+        "--members", "2",
     )  # fmt: skip
     assert reused.returncode == 0, reused.stdout[-3000:] + reused.stderr[-3000:]
     new_dir = _run_dir(reused)
@@ -108,10 +109,12 @@ def test_resuming_the_finished_run_and_reusing_its_split(orl_run, run_python):
     assert {k: old[k] for k in ("train", "validation", "test")} == {
         k: new[k] for k in ("train", "validation", "test")
     }
-    # --init-from an ensemble: each new network starts from its first network's weights (and
-    # barely moves them).
+    # --init-from an ensemble: each new network (two are enough to tell) starts from its first
+    # network's weights (and barely moves them).
     start = twin_of(siamese_members(load_trained(run_dir))[0]).get_layer("conv1").kernel.numpy()
-    for member in siamese_members(load_trained(new_dir)):
+    members = siamese_members(load_trained(new_dir))
+    assert len(members) == 2
+    for member in members:
         kernel = twin_of(member).get_layer("conv1").kernel.numpy()
         np.testing.assert_allclose(kernel, start, atol=1e-6)
 

@@ -13,7 +13,7 @@ from PIL import Image
 from keras_siamese import evaluation
 from keras_siamese.augmentation import Distortion
 from keras_siamese.data import OmniglotImages
-from keras_siamese.model import build_ensemble, build_siamese, head_of
+from keras_siamese.model import build_ensemble, build_siamese, head_of, twin_of
 from keras_siamese.preprocessing import fit_to_square, to_model_input
 
 
@@ -118,7 +118,7 @@ def test_siamese_scorer_equals_the_models_predictions(small_model, tasks_name, r
 
 
 def test_siamese_scorer_embeds_in_batches_as_predict_does(small_model, test_split):
-    twin = small_model.get_layer("twin")
+    twin = twin_of(small_model)
     images = test_split.images[:150]  # two full batches of 64 and a partial one
     scorer = evaluation.SiameseScorer(small_model, batch_size=64)
     expected = twin.predict(to_model_input(images, scorer.image_size), verbose=0)

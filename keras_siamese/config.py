@@ -255,7 +255,8 @@ class TrainConfig:
         init_from: a trained run folder or ``.keras`` file whose weights start training
             (fine-tuning) instead of a fresh initialisation; it must have the same
             architecture.
-        shots: K of the K-shot tasks reported on a folder's test classes (with 1-shot).
+        shots: K of the K-shot tasks reported on a folder's test classes (with 1-shot); a
+            class scores its nearest shot (``evaluation.class_scores``).
         target_far: with a folder, the "none of these" threshold is the one whose
             false-accept rate on validation pairs is at most this; None: the equal error
             rate's threshold.

@@ -10,10 +10,11 @@ network and a pixel-space nearest-neighbour baseline.
 A K-shot task (:func:`class_tasks`, on any labelled images such as a folder of
 people's faces) shows ``shots`` support images of each of its ``way`` classes.
 Scorers stay per candidate image, ``(T, way * shots)``, and
-:func:`class_scores` averages each class's shots into ``(T, way)`` class
-scores; the accuracy functions go through it, so they serve one-shot and
-K-shot tasks alike (the pixel 1-NN baseline of a K-shot task is the mean pixel
-score over each class's shots).
+:func:`class_scores` gives each class its best shot's score, ``(T, way)``:
+the nearest of its support images decides, as the gallery scores a label by
+its best enrolled image. The accuracy functions go through it, so they serve
+one-shot and K-shot tasks alike (the pixel 1-NN baseline of a K-shot task is
+the nearest support image in pixel space).
 
 Verification asks "are these two images of the same class?" for pairs of
 held-out classes (:func:`verification_pairs`, :func:`pair_scores`).
@@ -257,8 +258,12 @@ def class_tasks(
 def class_scores(scores: np.ndarray, tasks: OneShotTasks) -> np.ndarray:
     """Per-class scores ``(..., way)`` from per-candidate scores ``(..., way * shots)``.
 
-    Each class scores the mean of its shots' scores; with one shot the scores are returned
-    as they are. A single task's row ``(way * shots,)`` gives its ``(way,)`` class scores.
+    Each class scores its best shot: the highest of its shots' scores, its nearest support
+    image to the query. This is how ``gallery.identify`` scores a label by its enrolled
+    images, and on a class whose images differ in pose or light the nearest one says more
+    than their mean, which a distant shot drags down. With one shot the scores are
+    returned as they are. A single task's row ``(way * shots,)`` gives its ``(way,)`` class
+    scores.
     """
     scores = np.asarray(scores)
     if scores.shape[-1] != tasks.way * tasks.shots:
@@ -268,7 +273,7 @@ def class_scores(scores: np.ndarray, tasks: OneShotTasks) -> np.ndarray:
         )
     if tasks.shots == 1:
         return scores
-    return scores.reshape(*scores.shape[:-1], tasks.way, tasks.shots).mean(axis=-1)
+    return scores.reshape(*scores.shape[:-1], tasks.way, tasks.shots).max(axis=-1)
 
 
 def accuracy(scores: np.ndarray, tasks: OneShotTasks) -> float:
@@ -306,7 +311,7 @@ def hardest_mistakes(scores: np.ndarray, tasks: OneShotTasks, n: int) -> np.ndar
 def pixel_scorer(tasks: OneShotTasks) -> np.ndarray:
     """1-nearest-neighbour in pixel space: minus the Euclidean distance, per candidate.
 
-    For K shots, :func:`class_scores` makes it the mean over each class's shots.
+    For K shots, :func:`class_scores` takes each class's nearest shot.
     """
     pool = tasks.images.reshape(len(tasks.images), -1).astype(np.float32) / 255.0
     q = pool[tasks.queries][:, None, :]

@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="N of the N-way tasks (default: 20, or the classes of the smallest "
                      "of the validation and test splits)")
     own.add_argument("--shots", type=_checked("shots"), default=None,
-                     help="K of the K-shot tasks reported beside 1-shot (default: 5, or "
-                     "fewer where the test classes have fewer images)")
+                     help="K of the K-shot tasks reported beside 1-shot, where a class scores "
+                     "its nearest shot (default: 5, or fewer where the test classes have "
+                     "fewer images)")
     own.add_argument("--target-far", type=_checked("target_far"), default=None,
                      help="choose the 'none of these' threshold with at most this "
                      "false-accept rate on validation classes (default: the equal error rate)")

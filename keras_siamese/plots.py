@@ -333,7 +333,7 @@ TASK_TILE_MAX = 0.55
 def _draw_task(fig: Figure | SubFigure, tasks: OneShotTasks, scores: np.ndarray, index: int):
     """Draws task ``index`` into ``fig`` (a figure or subfigure of ``TASK_PANEL_SIZE`` inches).
 
-    A K-shot task is drawn with each class's first shot and the class's mean score.
+    A K-shot task is drawn with each class's best shot and the class's score (its best shot's).
     """
     width, height = TASK_PANEL_SIZE
     way = tasks.way
@@ -357,7 +357,11 @@ def _draw_task(fig: Figure | SubFigure, tasks: OneShotTasks, scores: np.ndarray,
     ax_query.set_title("query", fontsize=10)
 
     ax_strip = fig.add_axes((left, strip_bottom, strip_width, tile / height))
-    pictures = [_picture(tasks.images[c]) for c in tasks.candidates[index, :: tasks.shots]]
+    shot_scores = np.asarray(scores[index]).reshape(way, tasks.shots)
+    best_shots = tasks.candidates[index].reshape(way, tasks.shots)[
+        np.arange(way), np.argmax(shot_scores, axis=1)
+    ]
+    pictures = [_picture(tasks.images[c]) for c in best_shots]
     if box == 1.0:  # one mosaic of the candidates, side by side
         ax_strip.imshow(
             _mosaic([pictures], way, pad=8), cmap="gray", vmin=0.0, vmax=1.0,
@@ -405,7 +409,7 @@ def _draw_task(fig: Figure | SubFigure, tasks: OneShotTasks, scores: np.ndarray,
         if right
         else f"wrong: picked candidate {pick + 1} (red), the answer is {answer + 1} (green)"
     )
-    shown = "" if tasks.shots == 1 else f" (first of {tasks.shots} shots shown)"
+    shown = "" if tasks.shots == 1 else f" (best of {tasks.shots} shots shown)"
     title = f"{_pretty(group)}, trial {trial}" if group else f"Trial {trial}"  # a flat folder
     heading = fig.text(left, 0.92, f"{title}{shown}:", fontsize=11, va="center")
     fig.add_artist(
@@ -423,7 +427,7 @@ def plot_one_shot_task(
 
     The highest-scoring candidate is the pick: framed and coloured green when it is the
     query's character, red otherwise (the right one then framed in green). A K-shot task
-    shows each class's first shot, above the class's mean score (``class_scores``).
+    shows each class's best shot, above its score, the class's (``class_scores``).
 
     Args:
         tasks: the tasks (see :mod:`keras_siamese.evaluation`).

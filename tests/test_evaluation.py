@@ -371,20 +371,21 @@ def test_class_scores_and_accuracy_with_k_shots():
     tasks = k_shot_tasks([0, 1, 2], way=3, shots=2)
     assert tasks.way == 3
     scores = np.array([
-        [0.9, 0.0, 0.5, 0.5, 0.1, 0.1],  # class means 0.45, 0.5, 0.1: class 1 (wrong)
-        [0.2, 0.2, 0.3, 0.9, 0.0, 0.0],  # 0.2, 0.6, 0.0: class 1 (right)
-        [0.1, 0.1, 0.0, 0.8, 0.6, 0.6],  # 0.1, 0.4, 0.6: class 2 (right)
+        [0.9, 0.0, 0.5, 0.5, 0.1, 0.1],  # best shots 0.9, 0.5, 0.1: class 0 (right)
+        [0.2, 0.2, 0.3, 0.9, 0.0, 0.0],  # 0.2, 0.9, 0.0: class 1 (right)
+        [0.1, 0.1, 0.0, 0.8, 0.6, 0.6],  # 0.1, 0.8, 0.6: class 1 (wrong)
     ])  # fmt: skip
     np.testing.assert_allclose(
         evaluation.class_scores(scores, tasks),
-        [[0.45, 0.5, 0.1], [0.2, 0.6, 0.0], [0.1, 0.4, 0.6]],
+        [[0.9, 0.5, 0.1], [0.2, 0.9, 0.0], [0.1, 0.8, 0.6]],
     )
-    # The best single shot (0.9) would pick class 0 in the first task: the mean does not.
+    # The nearest shot decides: in the first task the mean of class 0's shots (0.45) would
+    # lose to class 1's (0.5), and in the third class 2's (0.6) would beat class 1's (0.4).
     assert evaluation.accuracy(scores, tasks) == pytest.approx(2 / 3)
     assert evaluation.accuracy_by_group(scores, tasks) == {"a": 0.5, "b": 1.0}
-    np.testing.assert_array_equal(evaluation.hardest_mistakes(scores, tasks, 5), [0])
+    np.testing.assert_array_equal(evaluation.hardest_mistakes(scores, tasks, 5), [2])
     # One task's row gives its class scores.
-    np.testing.assert_allclose(evaluation.class_scores(scores[1], tasks), [0.2, 0.6, 0.0])
+    np.testing.assert_allclose(evaluation.class_scores(scores[1], tasks), [0.2, 0.9, 0.0])
     with pytest.raises(ValueError, match="expected 6 scores per task"):
         evaluation.class_scores(scores[:, :3], tasks)
     with pytest.raises(ValueError, match="classes of 4 shots"):

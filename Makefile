@@ -17,9 +17,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 run: $(VENV)/.installed
 	$(PY) -m keras_siamese.fit $(ARGS)
 
-## The test suite (real Omniglot from ../shared/data/omniglot).
+## The test suite (real Omniglot from ../shared/data/omniglot), in two processes
+## (pytest-xdist), each test file in one of them so that its fixtures are made once.
 test: $(VENV)/.installed
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)
 
 ## The suite without the end-to-end tests (marked slow): the development loop. It keeps
 ## the prepared dataset in .cache/ between runs unless KERAS_SIAMESE_TEST_TFDS_DIR says where.

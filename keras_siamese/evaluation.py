@@ -432,15 +432,21 @@ def ensemble_accuracy(model: keras.Model, tasks: OneShotTasks) -> tuple[float, l
     return accuracy(np.mean(member_scores, axis=0), tasks), members
 
 
-def saved_model_lake_scores(saved_model: str | Path, runs: LakeRuns, augmented: bool = False) -> np.ndarray:
+def saved_model_lake_scores(
+    saved_model: str | Path | tf.Module, runs: LakeRuns, augmented: bool = False
+) -> np.ndarray:
     """Scores of Lake's 400 trials through an exported SavedModel, ``(400, 20)`` as ``lake_tasks``.
 
     Each run is one call of ``one_shot_encoded`` (``one_shot_tta_encoded`` if
     ``augmented``) with the run's own PNG files: its 20 test images as queries and
     its 20 training images as support, as a TF Serving client would send them.
+    ``saved_model`` is the SavedModel's folder, or the SavedModel as
+    ``tf.saved_model.load`` gives it (to score it more than once, load it once).
     """
     signature = "one_shot_tta_encoded" if augmented else "one_shot_encoded"
-    one_shot = tf.saved_model.load(str(saved_model)).signatures[signature]
+    if isinstance(saved_model, (str, Path)):
+        saved_model = tf.saved_model.load(str(saved_model))
+    one_shot = saved_model.signatures[signature]
     scores = [
         one_shot(
             queries=tf.constant(list(runs.test_files[run])),

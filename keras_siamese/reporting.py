@@ -137,6 +137,8 @@ def evaluate_and_export(
     report and in the export's ``one_shot_tta`` signatures, averages
     ``tta_views`` views cycling through ``tta_symmetries`` symmetries.
     """
+    import tensorflow as tf
+
     from keras_siamese import data, evaluation, plots
 
     try:
@@ -159,8 +161,9 @@ def evaluate_and_export(
         metrics["saved_model"] = str(target)
         # The headline figures, as a TF Serving client gets them: the exported model,
         # sent each run's PNG files.
+        served = tf.saved_model.load(str(target))
         for key, augmented in (("", False), ("_tta", True)):
-            scores = evaluation.saved_model_lake_scores(target, runs, augmented=augmented)
+            scores = evaluation.saved_model_lake_scores(served, runs, augmented=augmented)
             metrics[f"lake_runs_accuracy{key}_saved_model"] = evaluation.accuracy(scores, lake)
     return metrics
 

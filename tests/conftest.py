@@ -31,16 +31,28 @@ def omniglot_dir() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Where `koch_omniglot` is prepared: $KERAS_SIAMESE_TEST_TFDS_DIR or a session tmp dir."""
+    """Where `koch_omniglot` is prepared: $KERAS_SIAMESE_TEST_TFDS_DIR or a folder of the
+    session's temporary root, which the workers of a parallel (pytest-xdist) run share."""
     if os.environ.get(TFDS_DIR_ENV):
         return pathlib.Path(os.environ[TFDS_DIR_ENV])
-    return tmp_path_factory.mktemp("tensorflow_datasets")
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is in the shared root
+        root = root.parent
+    return root / "tensorflow_datasets"
 
 
 @pytest.fixture(scope="session")
 def omniglot(omniglot_dir: pathlib.Path, tfds_dir: pathlib.Path) -> dict[str, data.OmniglotImages]:
-    """Both Omniglot splits in memory (prepared at most once per session, never downloaded)."""
-    return data.load_omniglot(omniglot_dir, tfds_dir, download=False)
+    """Both Omniglot splits in memory (prepared at most once per session, never downloaded).
+
+    A file lock beside ``tfds_dir`` lets one process prepare the set while the other
+    workers of a parallel run wait, then read it.
+    """
+    from filelock import FileLock
+
+    tfds_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{tfds_dir}.lock"):
+        return data.load_omniglot(omniglot_dir, tfds_dir, download=False)
 
 
 @pytest.fixture(scope="session")

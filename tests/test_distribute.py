@@ -13,7 +13,7 @@ import pytest
 
 from keras_siamese import config as configs
 from keras_siamese import distribute, fit, training
-from keras_siamese.model import build_siamese
+from keras_siamese.model import build_siamese, twin_of
 
 
 def test_one_device_is_keras_default(monkeypatch):
@@ -108,11 +108,11 @@ def test_a_batch_the_replicas_cannot_share_is_refused(sampling, replicas):
 
 def test_synchronised_batch_norm_is_not_saved(small_config, tmp_path):
     model = build_siamese(small_config(batch_norm=True), synchronized_batch_norm=True)
-    norms = [layer for layer in model.get_layer("twin").layers if "bn" in layer.name]
+    norms = [layer for layer in twin_of(model).layers if "bn" in layer.name]
     assert norms and all(layer.synchronized for layer in norms)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    loaded_norms = [layer for layer in loaded.get_layer("twin").layers if "bn" in layer.name]
+    loaded_norms = [layer for layer in twin_of(loaded).layers if "bn" in layer.name]
     assert loaded_norms and not any(layer.synchronized for layer in loaded_norms)
     x = {"left": np.zeros((2, 28, 28, 1), "float32"), "right": np.ones((2, 28, 28, 1), "float32")}
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)

@@ -12,7 +12,7 @@ from matplotlib.text import Text
 from PIL import Image
 
 from keras_siamese import evaluation, plots
-from keras_siamese.model import build_siamese
+from keras_siamese.model import build_siamese, twin_of
 from keras_siamese.pairs import pair_dataset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -143,9 +143,7 @@ def test_accuracy_by_group(lake, lake_scores, splits, model, tmp_path):
 def test_filters(model, tmp_path):
     fig = plots.plot_filters(model, path=tmp_path / "f.png")
     check_png(tmp_path / "f.png", fig)
-    assert sum(1 for ax in fig.axes if ax.images) == model.get_layer("twin").get_layer(
-        "conv1"
-    ).filters
+    assert sum(1 for ax in fig.axes if ax.images) == twin_of(model).get_layer("conv1").filters
 
 
 def test_embeddings(omniglot, model, tmp_path):

@@ -276,6 +276,17 @@ def class_scores(scores: np.ndarray, tasks: OneShotTasks) -> np.ndarray:
     return scores.reshape(*scores.shape[:-1], tasks.way, tasks.shots).max(axis=-1)
 
 
+def best_shots(scores: np.ndarray, tasks: OneShotTasks) -> np.ndarray:
+    """Pool indices ``(T, way)`` of each class's best shot in each task: the support image
+    whose score is the class's score (:func:`class_scores`), the first of equals on a tie.
+
+    ``scores`` are per candidate, ``(T, way * shots)``, as a scorer gives them.
+    """
+    shape = (len(tasks), tasks.way, tasks.shots)
+    picks = np.argmax(np.asarray(scores).reshape(shape), axis=-1)
+    return np.take_along_axis(tasks.candidates.reshape(shape), picks[..., None], axis=-1)[..., 0]
+
+
 def accuracy(scores: np.ndarray, tasks: OneShotTasks) -> float:
     """Fraction of tasks whose highest-scoring class is the right one.
 

@@ -37,6 +37,7 @@ from keras_siamese.evaluation import (  # noqa: E402
     OneShotTasks,
     accuracy,
     accuracy_by_group,
+    best_shots,
     class_scores,
 )
 from keras_siamese.model import twin_of  # noqa: E402
@@ -357,11 +358,7 @@ def _draw_task(fig: Figure | SubFigure, tasks: OneShotTasks, scores: np.ndarray,
     ax_query.set_title("query", fontsize=10)
 
     ax_strip = fig.add_axes((left, strip_bottom, strip_width, tile / height))
-    shot_scores = np.asarray(scores[index]).reshape(way, tasks.shots)
-    best_shots = tasks.candidates[index].reshape(way, tasks.shots)[
-        np.arange(way), np.argmax(shot_scores, axis=1)
-    ]
-    pictures = [_picture(tasks.images[c]) for c in best_shots]
+    pictures = [_picture(tasks.images[c]) for c in best_shots(scores, tasks)[index]]
     if box == 1.0:  # one mosaic of the candidates, side by side
         ax_strip.imshow(
             _mosaic([pictures], way, pad=8), cmap="gray", vmin=0.0, vmax=1.0,

@@ -386,6 +386,11 @@ def test_class_scores_and_accuracy_with_k_shots():
     np.testing.assert_array_equal(evaluation.hardest_mistakes(scores, tasks, 5), [2])
     # One task's row gives its class scores.
     np.testing.assert_allclose(evaluation.class_scores(scores[1], tasks), [0.2, 0.9, 0.0])
+    # Each class's best shot, as pool indices: candidates 0..5 are images 10..15.
+    tasks = dataclasses.replace(tasks, candidates=np.tile(np.arange(10, 16), (3, 1)))
+    np.testing.assert_array_equal(
+        evaluation.best_shots(scores, tasks), [[10, 12, 14], [10, 13, 14], [10, 13, 14]]
+    )
     with pytest.raises(ValueError, match="expected 6 scores per task"):
         evaluation.class_scores(scores[:, :3], tasks)
     with pytest.raises(ValueError, match="classes of 4 shots"):

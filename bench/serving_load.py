@@ -42,6 +42,7 @@ from PIL import Image
 from common import print_machine
 from keras_siamese import export
 from keras_siamese.config import preset
+from keras_siamese.hardware import peak_memory_mib
 from keras_siamese.model import build_siamese
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -229,14 +230,6 @@ def grpc_client(target: str, good: list[dict], expected: list[dict], stop: Stop,
     channel.close()
 
 
-def _peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8, help="client threads (half gRPC)")
@@ -311,7 +304,7 @@ def main() -> int:
             for client in clients:
                 client.join()
             elapsed = time.monotonic() - start
-            peak = _peak_rss_mb(server.pid)
+            peak = peak_memory_mib(server.pid)
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -33,7 +33,6 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -105,17 +104,16 @@ def score(saved_model: str, inputs_path: str, outputs_path: str) -> None:
     }))
 
 
-def _rss_mib() -> float:
-    """Current resident memory of this process (VmRSS), MiB."""
+def _status_mib(field: str) -> float:
+    """A memory field of this process's /proc status (VmRSS now, VmHWM its peak), MiB.
+
+    Not ``ru_maxrss``: Linux carries the parent's resident memory over to a child.
+    """
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def measure_memory(saved_model: str, copies: int, image_size: int, embedding_size: int) -> None:
@@ -124,12 +122,12 @@ def measure_memory(saved_model: str, copies: int, image_size: int, embedding_siz
     prints the resident memory after each step and the process's peak, in MiB, as JSON."""
     import tensorflow as tf
 
-    figures = {"tensorflow": tf.__version__, "after_import": _rss_mib()}
+    figures = {"tensorflow": tf.__version__, "after_import": _status_mib("VmRSS")}
     started = time.perf_counter()
     models = []
     for copy in range(copies):
         models.append(tf.saved_model.load(saved_model))
-        figures[f"after_load_{copy + 1}"] = _rss_mib()
+        figures[f"after_load_{copy + 1}"] = _status_mib("VmRSS")
     figures["load_seconds"] = (time.perf_counter() - started) / copies
     signatures = models[-1].signatures
     rng = np.random.default_rng(0)
@@ -150,8 +148,8 @@ def measure_memory(saved_model: str, copies: int, image_size: int, embedding_siz
             support_embeddings=tf.constant(
                 rng.normal(size=(1000, embedding_size)).astype(np.float32)))
     figures["requests_seconds"] = time.perf_counter() - started
-    figures["after_requests"] = _rss_mib()
-    figures["peak"] = _peak_mib()
+    figures["after_requests"] = _status_mib("VmRSS")
+    figures["peak"] = _status_mib("VmHWM")
     print(json.dumps({key: round(value, 1) if isinstance(value, float) else value
                       for key, value in figures.items()}))
 

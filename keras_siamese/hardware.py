@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
+import resource
+import sys
 from pathlib import Path
 
 import keras
@@ -73,6 +75,28 @@ def describe_machine() -> dict[str, object]:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
+
+
+def peak_memory_mib(pid: int | str = "self") -> float:
+    """The peak resident memory of a process (this one by default), in MiB.
+
+    On Linux this is ``VmHWM`` from ``/proc/PID/status``: the process's own high-water mark
+    since it started. ``ru_maxrss`` is not used there because Linux carries the parent's
+    resident memory over to a child started with fork or vfork and exec, so a ``fit`` started
+    by a large process (a pytest worker, a notebook kernel) would report its parent's peak.
+    Elsewhere this process's ``ru_maxrss`` is the best there is (KiB, or bytes on macOS).
+    """
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if pid not in ("self", os.getpid()):
+        raise OSError(f"no peak memory readable for process {pid} (needs Linux's /proc)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024
 
 
 def mixed_precision_by_default(preset_name: str) -> bool:

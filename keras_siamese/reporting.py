@@ -12,7 +12,6 @@ Each step prints what it did and returns the figures that go into ``metrics.json
 from __future__ import annotations
 
 import json
-import resource
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -249,11 +248,10 @@ def export_once(
 def write_metrics(metrics: dict, run_dir: Path, started: float) -> None:
     """Adds the total time and peak memory since ``started``, and the machine, and writes
     ``run_dir/metrics.json``."""
-    from keras_siamese.hardware import describe_machine
+    from keras_siamese.hardware import describe_machine, peak_memory_mib
 
     metrics["total_seconds"] = round(time.monotonic() - started, 1)
-    # ru_maxrss is in KiB on Linux: the peak resident memory of the whole process.
-    metrics["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    metrics["peak_memory_mib"] = round(peak_memory_mib())
     metrics["machine"] = describe_machine()
     files.write_text_atomically(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2))
 

@@ -5,6 +5,9 @@ tests/end_to_end/test_fit_command.py runs the command itself, as a user does.
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 OPTIONS = [
@@ -131,6 +134,30 @@ def test_precision_follows_the_flag_else_the_hardware(tmp_path):
         config = resolved("--preset", name)
         assert config.model.mixed_precision == (fast and name in BFLOAT16_RECIPES), name
         assert config == preset(name, config.model.mixed_precision)
+
+
+# A parent that holds 2 GiB starts a child that reports its peak memory, as pytest or a
+# notebook kernel starts `fit`. Linux carries the parent's resident memory into the child's
+# ru_maxrss; the run's peak memory must be the child's own.
+PARENT_OF_A_SMALL_CHILD = """
+import json, subprocess, sys
+held = b"x" * (2 * 1024**3)
+child = (
+    "import json, resource; from keras_siamese.hardware import peak_memory_mib; "
+    "print(json.dumps([peak_memory_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))"
+)
+print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                     check=True).stdout)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_peak_memory_is_the_process_own_not_its_parents(run_python):
+    result = run_python("-c", PARENT_OF_A_SMALL_CHILD, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    peak_mib, ru_maxrss_kib = json.loads(result.stdout)
+    assert ru_maxrss_kib / 1024 > 2048  # what the parent's 2 GiB does to ru_maxrss
+    assert 0 < peak_mib < 1536  # the child itself: Python and TensorFlow imported
 
 
 @pytest.mark.parametrize(

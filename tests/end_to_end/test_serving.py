@@ -21,6 +21,7 @@ import requests
 import tensorflow as tf
 
 from keras_siamese import evaluation, export
+from keras_siamese.hardware import peak_memory_mib
 from keras_siamese.model import build_siamese
 from keras_siamese.serving import GrpcServingClient, ServingClient, ServingError
 
@@ -69,12 +70,8 @@ class Server:
         raise RuntimeError("the server did not start:\n" + "".join(self.output)[-3000:])
 
     def peak_rss_bytes(self) -> int:
-        """The server process's peak resident memory so far (VmHWM)."""
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmHWM in /proc/<pid>/status")
+        """The server process's peak resident memory so far."""
+        return round(peak_memory_mib(self.process.pid) * 1024**2)
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="L2 factor on the weights of each convolution and the dense layer")
     for field in ("learning_rate", "lr_decay", "within_alphabet", "ema_momentum"):
         over.add_argument(f"--{field.replace('_', '-')}", type=_checked(field), default=None)
+    over.add_argument("--focal-gamma", type=_checked("focal_gamma"), default=None, metavar="G",
+                      help="weight each training pair's cross-entropy by (1 - p_t)^G, p_t the "
+                      "probability of the right answer: focal loss (0: the paper's loss)")
     over.add_argument("--max-minutes", type=_checked("max_minutes"), default=None,
                       help="end training within this many minutes: no epoch starts that "
                       "might end past it (0: no limit)")

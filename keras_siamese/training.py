@@ -100,14 +100,30 @@ class AllPairsCrossEntropy(keras.losses.Loss):
     within each of ``G`` groups of ``n = B / G`` images). An image is never
     paired with itself. Weighting the two kinds of pair equally keeps the
     paper's balanced batches although most pairs of a batch are different.
+
+    With ``focal_gamma > 0`` each pair's cross-entropy is weighted by
+    ``(1 - p_t) ** focal_gamma`` (Keras's binary focal cross-entropy, Lin et al. 2017), where
+    ``p_t`` is the probability given to the right answer: the pairs already told apart
+    count less, the pairs still confused count more.
     """
 
-    def __init__(self, name: str = "all_pairs_cross_entropy", **kwargs):
+    def __init__(
+        self, focal_gamma: float = 0.0, name: str = "all_pairs_cross_entropy", **kwargs
+    ):
         super().__init__(name=name, **kwargs)
+        self.focal_gamma = focal_gamma
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "focal_gamma": self.focal_gamma}
 
     def call(self, y_true, y_pred):
         same, different = _pair_masks(y_true, y_pred)
-        bce = ops.binary_crossentropy(same, y_pred)
+        if self.focal_gamma:
+            bce = keras.losses.binary_focal_crossentropy(
+                same[..., None], y_pred[..., None], gamma=self.focal_gamma
+            )
+        else:
+            bce = ops.binary_crossentropy(same, y_pred)
         # Shaped (1,), not a scalar: Keras reduces it as a batch of losses, which divides it
         # by the replicas of a tf.distribute strategy (whose gradients are summed); a scalar
         # loss it passes on unscaled, which would multiply the gradient by the replicas.
@@ -607,7 +623,7 @@ def compiled_models(config: TrainConfig, replicas: int = 1) -> tuple[keras.Model
     With ``config.init_from`` the new model starts from that trained network's weights.
 
     With random pairs that is the Siamese model itself, with its binary
-    cross-entropy; with all pairs it is its all-pairs view
+    cross-entropy (focal with ``config.focal_gamma``); with all pairs it is its all-pairs view
     (``model.build_all_pairs_trainer``) with :class:`AllPairsCrossEntropy`.
     Both report the verification accuracy of their pairs as ``accuracy``.
 
@@ -620,11 +636,14 @@ def compiled_models(config: TrainConfig, replicas: int = 1) -> tuple[keras.Model
         initial_weights(model, config.init_from)
     if config.pair_sampling != "random":
         fitted = build_all_pairs_trainer(model, replica_groups(config, replicas))
-        loss = AllPairsCrossEntropy()
+        loss = AllPairsCrossEntropy(config.focal_gamma)
         pair_accuracy = keras.metrics.MeanMetricWrapper(all_pairs_accuracy, name="accuracy")
     else:
         fitted = model
-        loss = keras.losses.BinaryCrossentropy()
+        if config.focal_gamma:
+            loss = keras.losses.BinaryFocalCrossentropy(gamma=config.focal_gamma)
+        else:
+            loss = keras.losses.BinaryCrossentropy()
         pair_accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
     fitted.compile(optimizer=make_optimizer(config), loss=loss, metrics=[pair_accuracy])
     return model, fitted

@@ -36,6 +36,7 @@ OPTIONS = [
     "--lr-decay",
     "--within-alphabet",
     "--ema-momentum",
+    "--focal-gamma",
     "--max-minutes",
     "--members",
     "--batch-norm",

@@ -130,6 +130,28 @@ def test_all_pairs_cross_entropy_pairs_within_groups_only():
     assert float(training.AllPairsCrossEntropy()(labels, p)) == pytest.approx(expected, rel=1e-5)
 
 
+def test_focal_all_pairs_cross_entropy_weighs_confused_pairs_up():
+    labels = np.array([0, 0, 1, 2], np.int32)
+    p = np.random.default_rng(2).uniform(0.05, 0.95, (1, 4, 4)).astype(np.float32)
+    same = (labels[:, None] == labels[None, :]) & ~np.eye(4, dtype=bool)
+    different = labels[:, None] != labels[None, :]
+    p_right = np.where(same, p[0], 1 - p[0])
+    focal = -((1 - p_right) ** 2) * np.log(p_right)
+    expected = 0.5 * focal[same].mean() + 0.5 * focal[different].mean()
+    loss = training.AllPairsCrossEntropy(focal_gamma=2.0)
+    assert float(loss(labels, p)) == pytest.approx(expected, rel=1e-5)
+    assert float(loss(labels, p)) < float(training.AllPairsCrossEntropy()(labels, p))
+    # Saved with a model's compile config, and read back with its gamma.
+    assert keras.losses.deserialize(keras.losses.serialize(loss)).focal_gamma == 2.0
+    with pytest.raises(ValueError, match="focal_gamma"):
+        TrainConfig(focal_gamma=-1.0)
+    # The paper's random pairs take Keras's focal loss with the same gamma.
+    smoke = config_module.preset("smoke").replace(pair_sampling="random", focal_gamma=2.0)
+    random_pairs_loss = training.compiled_models(smoke)[1].loss
+    assert isinstance(random_pairs_loss, keras.losses.BinaryFocalCrossentropy)
+    assert random_pairs_loss.gamma == 2.0
+
+
 def test_epoch_minutes_from_the_tensorboard_logs(trained_run):
     _, run_dir, _, history = trained_run
     minutes = training.epoch_minutes(run_dir)

@@ -107,7 +107,9 @@ def score(saved_model: str, inputs_path: str, outputs_path: str) -> None:
 def _status_mib(field: str) -> float:
     """A memory field of this process's /proc status (VmRSS now, VmHWM its peak), MiB.
 
-    Not ``ru_maxrss``: Linux carries the parent's resident memory over to a child.
+    Not ``ru_maxrss``: Linux carries the parent's resident memory over to a child. Not
+    ``keras_siamese.hardware.peak_memory_mib`` either: the second interpreter runs this
+    without the package.
     """
     with open("/proc/self/status") as status:
         for line in status:
